@@ -1,0 +1,153 @@
+"""Attributes declared as metadata on resource types.
+
+An :class:`Attribute` describes one configurable value of a resource type:
+its type, flags, default, allowed set or range, and an optional set hook.
+Values themselves live in the run's store, never on the declaration.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import AttributeValueError
+
+
+class Types(enum.StrEnum):
+    """The value types an attribute may declare."""
+
+    String = "STRING"
+    Bool = "BOOL"
+    Enumerate = "ENUM"
+    Double = "DOUBLE"
+    Integer = "INTEGER"
+
+
+class Flags(enum.IntFlag):
+    """How an attribute may be used."""
+
+    NoFlags = 0
+    #: The user can never set it.
+    ReadOnly = 1 << 0
+    #: The user cannot set it once the resource was deployed.
+    ExecReadOnly = 1 << 1
+    #: A secret (password, key): never logged.
+    Credential = 1 << 2
+    #: Usable to filter resources at discovery.
+    Filter = 1 << 3
+    #: Marks a design-time only attribute (kept for NEPI compatibility).
+    Design = 1 << 4
+
+
+SetHook = Callable[[Any, Any], Any]
+
+
+class Attribute:
+    """One declared attribute of a resource type.
+
+    ``set_hook(old, new)`` may transform a value; it runs where the set
+    happens and returns the value to store.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        help: str = "",
+        type: Types = Types.String,
+        flags: Flags | int = Flags.NoFlags,
+        default: Any = None,
+        allowed: Sequence[Any] | None = None,
+        range: tuple[float | None, float | None] | None = None,
+        set_hook: SetHook | None = None,
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.type = Types(type)
+        self.flags = Flags(flags or 0)
+        self.allowed = list(allowed) if allowed is not None else None
+        self.range = range
+        self.set_hook = set_hook
+        if self.type is Types.Enumerate and not self.allowed:
+            raise AttributeValueError(f"Enumerate attribute {name!r} needs allowed values")
+        self.default = self.validate(default) if default is not None else None
+
+    def has_flag(self, flag: Flags) -> bool:
+        """Return True when ``flag`` is set on this attribute."""
+        return bool(self.flags & flag)
+
+    @property
+    def is_credential(self) -> bool:
+        return self.has_flag(Flags.Credential)
+
+    def validate(self, value: Any) -> Any:
+        """Return ``value`` normalised for this attribute's type, or raise.
+
+        ``None`` clears a value.  Strings are accepted for numbers and Bool
+        (as NEPI's description files write them) when they parse exactly.
+        """
+        if value is None:
+            return None
+        t = self.type
+        try:
+            if t is Types.Bool:
+                value = self._as_bool(value)
+            elif t is Types.Integer:
+                value = self._as_int(value)
+            elif t is Types.Double:
+                value = self._as_float(value)
+            elif t is Types.String:
+                if not isinstance(value, str):
+                    raise AttributeValueError(f"expects a string, got {type(value).__name__}")
+            elif t is Types.Enumerate:
+                pass
+        except AttributeValueError as exc:
+            raise AttributeValueError(f"attribute {self.name!r}: {exc}") from None
+        if self.allowed is not None and value not in self.allowed:
+            raise AttributeValueError(
+                f"attribute {self.name!r}: {value!r} is not one of {self.allowed!r}"
+            )
+        if self.range is not None and t in (Types.Integer, Types.Double):
+            low, high = self.range
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise AttributeValueError(
+                    f"attribute {self.name!r}: {value!r} outside range [{low}, {high}]"
+                )
+        return value
+
+    @staticmethod
+    def _as_bool(value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise AttributeValueError(f"expects a Bool, got {value!r}")
+
+    @staticmethod
+    def _as_int(value: Any) -> int:
+        if isinstance(value, bool):
+            raise AttributeValueError(f"expects an Integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise AttributeValueError(f"expects an Integer, got {value!r}")
+
+    @staticmethod
+    def _as_float(value: Any) -> float:
+        if isinstance(value, bool):
+            raise AttributeValueError(f"expects a Double, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise AttributeValueError(f"expects a Double, got {value!r}")
+
+    def __repr__(self) -> str:
+        return f"Attribute({self.name!r}, type={self.type.name}, default={self.default!r})"

@@ -1,0 +1,320 @@
+"""The ExperimentController: NEPI's user API over Celery workers and Redis.
+
+Describing an experiment writes to the run's keys in Redis; ``deploy``
+publishes one Celery task per RM action; workers run them; waits block on
+the run's event stream.  With no Redis URL the controller starts the
+embedded default (a private redis-server and an in-process worker) and stops
+both at :meth:`shutdown`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from .app import REDIS_URL_ENV, create_app
+from .context import RunContext, as_action
+from .embedded import EmbeddedRedis, EmbeddedWorker
+from .errors import (
+    DuplicateGuidError,
+    ECFailureError,
+    UnknownGuidError,
+    WaitTimeoutError,
+)
+from .failure import FailureManager
+from .resource import ResourceFactory, ResourceRegistry
+from .scheduler import LocalScheduler, RemoteTask, Task
+from .state import ResourceAction, ResourceState
+from .store import FailureLevel, Store
+from .timefuncs import due_in, format_date
+
+NTHREADS_ENV = "NEPI_NTHREADS"
+DEFAULT_NTHREADS = 50
+
+
+class ECState:
+    """State of the controller (NEPI's values)."""
+
+    RUNNING = 1
+    FAILED = 2
+    TERMINATED = 3
+
+
+class ExperimentController(RunContext):
+    """Describe, deploy, watch and release one run of an experiment.
+
+    :param exp_id: names the scenario (random when not given).
+    :param run_id: names this run (a timestamp when not given); give an
+        existing one to re-attach to a run.
+    :param redis_url: the Redis used as broker and store; default
+        ``$NEPI_DIST_REDIS_URL``, else the embedded default.
+    :param local_worker: run an in-process worker (default: only when embedded).
+    """
+
+    def __init__(
+        self,
+        exp_id: str | None = None,
+        run_id: str | None = None,
+        redis_url: str | None = None,
+        registry: ResourceRegistry | None = None,
+        local_worker: bool | None = None,
+        nthreads: int | None = None,
+        **celery_settings: Any,
+    ) -> None:
+        exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
+        run_id = run_id or format_date(time.time())
+        url = redis_url or os.environ.get(REDIS_URL_ENV)
+        self._redis: EmbeddedRedis | None = None
+        self._worker: EmbeddedWorker | None = None
+        self._fm: FailureManager | None = None
+        self._state = ECState.RUNNING
+        if not url:
+            self._redis = EmbeddedRedis().start()
+            url = self._redis.url
+        try:
+            client = redis.Redis.from_url(url, decode_responses=True)
+            store = Store(client, exp_id, run_id)
+            app = create_app(url, **celery_settings)
+            reg = registry or ResourceFactory
+            app.nepi_registry = reg
+            super().__init__(store, app, reg, logging.getLogger("ExperimentController"))
+            client.hsetnx(store.keys.run, "fl", FailureLevel.OK)
+            threads = nthreads or int(os.environ.get(NTHREADS_ENV, DEFAULT_NTHREADS))
+            self._tasks: dict[Any, Task | RemoteTask] = {}
+            self._local = LocalScheduler(threads, self._logger)
+            if local_worker if local_worker is not None else self._redis is not None:
+                self._worker = EmbeddedWorker(app, threads).start()
+            self._fm = FailureManager(self).start()
+        except BaseException:
+            self._stop_machinery()
+            raise
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def ecstate(self) -> int:
+        return self._state
+
+    @property
+    def abort(self) -> bool:
+        return self._state == ECState.FAILED or super().abort
+
+    @property
+    def redis_url(self) -> str:
+        return str(self._app.conf.nepi_redis_url)
+
+    def _writable(self) -> None:
+        self._store._writable()
+
+    def set_ec_failure(self, why: str) -> None:
+        """Record an EC-internal error: failure level EC_FAILURE, state FAILED."""
+        self._logger.error("EC failure: %s", why)
+        self._state = ECState.FAILED
+        self._store.set_failure_level(FailureLevel.EC_FAILURE)
+
+    # -- describe ------------------------------------------------------------------
+
+    def register_resource(self, rtype: str, guid: int | None = None) -> int:
+        """Register an RM of type ``rtype``; return its guid."""
+        self._writable()
+        self._registry.get_resource_type(rtype)
+        if guid is not None and (not isinstance(guid, int) or isinstance(guid, bool) or guid < 1):
+            raise UnknownGuidError(f"a guid is a positive integer, not {guid!r}")
+        new = self._store.register(rtype, guid)
+        if new < 0:
+            raise DuplicateGuidError(f"guid {guid} is already registered")
+        self._rtypes[new] = rtype
+        return new
+
+    def set_with_conditions(
+        self, name: str, value: Any, guids1: Any, guids2: Any, state: Any, time: Any = None
+    ) -> None:
+        """Set ``name`` to ``value`` on every RM of guids1 once ``time`` has elapsed
+        since every RM of guids2 reached ``state`` (and the RM is STARTED)."""
+        self._writable()
+        _, grp, st = self._validate_condition(ResourceAction.START, guids2, state, time)
+        targets = self._check_guids(guids1)
+        for g in targets:
+            self.get_resource(g).get_attribute(name).validate(value)
+        self._send([(g, "set_with_conditions", [name, value, grp, int(st), time], {}) for g in targets])
+
+    # -- act -----------------------------------------------------------------------
+
+    def _act(self, guid: int, method: str) -> str:
+        self._writable()
+        self._check_guids([guid])
+        return self._send([(guid, method, [], {})])[0]
+
+    def discover(self, guid: int) -> str:
+        return self._act(guid, "discover")
+
+    def provision(self, guid: int) -> str:
+        return self._act(guid, "provision")
+
+    def start(self, guid: int) -> str:
+        return self._act(guid, "start")
+
+    def stop(self, guid: int) -> str:
+        return self._act(guid, "stop")
+
+    def deploy(
+        self, guids: int | Iterable[int] | None = None, wait_all_ready: bool = True, group: int | None = None
+    ) -> int:
+        """Deploy RMs (default: every NEW one) as one deployment group; return the group id.
+
+        With ``wait_all_ready`` no RM of the group starts before all of it is READY.
+        """
+        self._writable()
+        if guids is None or (not isinstance(guids, int) and not list(guids)):
+            every = self._store.guids()
+            guids = [g for g, s in zip(every, self._store.states(every), strict=True) if s == ResourceState.NEW]
+        guids = self._check_guids(guids)  # type: ignore[arg-type]
+        gid = group if group is not None else self._store.next_id("groups")
+        stop_guids = [g for g in guids if self.get_resource(g).conditions.get(ResourceAction.STOP)]
+        start_now = self._store.join_group(gid, guids, wait_all_ready)
+        calls: list[tuple[int, str, list[Any], dict[str, Any]]]
+        calls = [(g, "deploy_with_conditions", [], {}) for g in guids]
+        starts = guids if not wait_all_ready else start_now
+        calls += [(g, "start_with_conditions", [], {}) for g in starts]
+        calls += [(g, "stop_with_conditions", [], {}) for g in stop_guids]
+        self._send(calls)
+        return gid
+
+    def release(self, guids: int | Iterable[int] | None = None, timeout: float = 120.0) -> None:
+        """Drop pending work and release RMs (default: all); every one ends RELEASED."""
+        self._writable()
+        everything = guids is None
+        guids = self._store.guids() if guids is None else self._check_guids(guids)  # type: ignore[arg-type]
+        if everything:
+            self._store.mark_dropping()
+            self._local.drop_pending()
+            dropped = self._store.drop_pending()
+            if dropped:
+                prefix = f"{self.exp_id}.{self.run_id}."
+                self._app.control.revoke([prefix + aid for aid in dropped])
+        self._send([(g, "release", [], {}) for g in guids])
+        try:
+            self.wait_released(guids, timeout=timeout)
+        except WaitTimeoutError:
+            left = [g for g, s in zip(guids, self._store.states(guids), strict=True) if s != ResourceState.RELEASED]
+            self._logger.warning("no worker released %s in %ss: marking them RELEASED", left, timeout)
+            self._store.force_released(left)
+
+    def shutdown(self) -> None:
+        """Release every RM, keep a read-only snapshot, stop the controller's machinery."""
+        if self._store.frozen:
+            return
+        if self._state == ECState.FAILED:
+            self._stop_machinery()
+            raise ECFailureError("EC failure. Can not exit gracefully")
+        try:
+            self.release()
+        finally:
+            try:
+                snapshot = self._store.snapshot()
+                self._store.freeze(snapshot)
+            finally:
+                self._state = ECState.TERMINATED
+                self._stop_machinery()
+
+    def _stop_machinery(self) -> None:
+        local = getattr(self, "_local", None)
+        if local is not None:
+            local.stop()
+        if self._fm is not None:
+            self._fm.stop()
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+
+    def __enter__(self) -> ExperimentController:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- schedule ------------------------------------------------------------------
+
+    def schedule(self, date: Any, callback: Callable[..., Any], track: bool = False) -> Any:
+        """Run ``callback`` at ``date``; return the task id.
+
+        An RM method (possibly in a ``functools.partial``) becomes a Celery
+        task; any other callable runs in this process, as in NEPI.
+        """
+        self._writable()
+        delay = due_in(date)
+        action = as_action(callback)
+        if action is None:
+            task: Task | RemoteTask = self._local.schedule(delay, callback)
+            tid: Any = task.id
+        else:
+            tid = self._send([action], delay, track)[0]
+            task = RemoteTask(self._store, tid)
+        if track:
+            self._tasks[tid] = task
+        return tid
+
+    def get_task(self, tid: Any) -> Task | RemoteTask | None:
+        return self._tasks.get(tid)
+
+    # -- wait ----------------------------------------------------------------------
+
+    def wait_finished(self, guids: Any, timeout: float | None = None) -> None:
+        """Block until every RM is >= STOPPED, or the run aborts."""
+        self.wait(guids, ResourceState.STOPPED, lambda: self.abort, timeout)
+
+    def wait_started(self, guids: Any, timeout: float | None = None) -> None:
+        self.wait(guids, ResourceState.STARTED, lambda: self.abort, timeout)
+
+    def wait_deployed(self, guids: Any, timeout: float | None = None) -> None:
+        self.wait(guids, ResourceState.READY, lambda: self.abort, timeout)
+
+    def wait_released(self, guids: Any, timeout: float | None = None) -> None:
+        self.wait(guids, ResourceState.RELEASED, lambda: self._state == ECState.FAILED, timeout)
+
+    def wait(
+        self,
+        guids: Any,
+        state: int,
+        quit: Callable[[], bool] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Block until every RM of ``guids`` reached ``state`` or ``quit()`` is true.
+
+        Blocks on the run's event stream (no polling of the RMs); raises
+        :class:`WaitTimeoutError` when ``timeout`` seconds pass first.
+        """
+        remaining = set(self._check_guids(guids))
+        store = self._store
+        if store.frozen:
+            return
+        last = store.last_event_id()
+        for g, s in zip(list(remaining), store.states(list(remaining)), strict=True):
+            if s is not None and s >= state:
+                remaining.discard(g)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while remaining:
+            if quit is not None and quit():
+                return
+            block = 1000
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeoutError(
+                        f"{len(remaining)} resources not >= {ResourceState(state).name} "
+                        f"after {timeout}s: {sorted(remaining)[:10]}"
+                    )
+                block = max(1, min(block, int(left * 1000)))
+            for eid, fields in store.events(last, block):
+                last = eid
+                g = int(fields["g"])
+                if g in remaining and int(fields["s"]) >= state:
+                    remaining.discard(g)

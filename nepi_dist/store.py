@@ -1,0 +1,605 @@
+"""The run's shared state in Redis: the one source of truth.
+
+Every state change that belongs together is one Lua script (see
+``_TRANSITION``): compare-and-set of the state, the timestamp from Redis'
+own clock, wake-up of parked actions, the event appended to the run's
+stream, the deployment-group count, and the critical-failure mark.
+
+Actions that a script decides to run (woken waiters, group starts, due
+timers) are written to the run's *outbox* and *pending* set in the same
+script; the caller publishes them and then clears the outbox.  If the caller
+dies in between, the failure manager's sweep publishes them again; the claim
+on the action id makes a second delivery a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from .errors import ControllerClosedError, UnknownGuidError
+from .keys import Keys, worker_key
+from .state import ResourceState
+
+
+class FailureLevel:
+    """The run's failure level (NEPI's values)."""
+
+    OK = 1
+    RM_FAILURE = 2
+    EC_FAILURE = 3
+
+
+Payload = dict[str, Any]
+Dispatch = tuple[str, Payload, float]  # (action id, payload, due on the Redis clock)
+
+_TIME = """
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+"""
+
+# KEYS: rm, wait, run, events, outbox, pending, alarm
+# ARGV: new state, allowed from-states ("" = any), guid, key prefix
+_TRANSITION = _TIME + """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'state'))
+if cur == nil then return {-1} end
+local new = tonumber(ARGV[1])
+if cur == 8 or cur == new then return {0, cur} end
+if ARGV[2] ~= '' then
+  local ok = false
+  for s in string.gmatch(ARGV[2], '[^,]+') do
+    if tonumber(s) == cur then ok = true end
+  end
+  if not ok then return {0, cur} end
+end
+local ts = now()
+redis.call('HSET', KEYS[1], 'state', new, 't' .. new, ts)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'g', ARGV[3], 's', new, 't', ts)
+local out = {1, cur}
+local function emit(payload)
+  local aid = 's' .. redis.call('HINCRBY', KEYS[3], 'seq', 1)
+  redis.call('HSET', KEYS[5], aid, payload)
+  redis.call('ZADD', KEYS[6], ts, aid)
+  table.insert(out, aid)
+  table.insert(out, payload)
+end
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', new)) do
+  emit(member)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', new)
+local gid = redis.call('HGET', KEYS[1], 'grp')
+if gid and cur < 3 and new >= 3 then
+  local left = redis.call('HINCRBY', ARGV[4] .. ':grp:' .. gid, 'pending', -1)
+  if left <= 0 then
+    local sk = ARGV[4] .. ':grpstart:' .. gid
+    for _, g in ipairs(redis.call('SMEMBERS', sk)) do
+      emit(cjson.encode({g = tonumber(g), m = 'start_with_conditions'}))
+    end
+    redis.call('DEL', sk)
+  end
+end
+if new == 7 and redis.call('HGET', KEYS[1], 'a:critical') ~= 'false' then
+  if tonumber(redis.call('HGET', KEYS[3], 'fl') or '1') == 1 then
+    redis.call('HSET', KEYS[3], 'fl', 2)
+  end
+  redis.call('RPUSH', KEYS[7], ARGV[3])
+end
+return out
+"""
+
+# KEYS: rm1, wait1, rm2, wait2, ...   ARGV: needed state, payload to park ("" = don't)
+_CHECK = _TIME + """
+local need = tonumber(ARGV[1])
+local last = 0
+for i = 1, #KEYS, 2 do
+  local f = redis.call('HMGET', KEYS[i], 'state', 'a:critical')
+  local s = tonumber(f[1])
+  if s == nil then return {'unknown', (i + 1) / 2} end
+  if s == 7 and need ~= 7 then
+    if f[2] ~= 'false' then return {'failed', (i + 1) / 2} end
+  elseif s < need then
+    if ARGV[2] ~= '' then redis.call('ZADD', KEYS[i + 1], need, ARGV[2]) end
+    return {'parked', (i + 1) / 2}
+  else
+    local t = tonumber(redis.call('HGET', KEYS[i], 't' .. need) or '0')
+    if t > last then last = t end
+  end
+end
+return {'ok', string.format('%.6f', last), now()}
+"""
+
+# KEYS: run, pending, running   ARGV: action id, worker id, 1 if a release action
+_CLAIM = """
+local fl = tonumber(redis.call('HGET', KEYS[1], 'fl') or '1')
+if ARGV[3] ~= '1' and (fl ~= 1 or redis.call('HEXISTS', KEYS[1], 'drop') == 1) then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'skip', 'aborted'}
+end
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  return {'run', ''}
+end
+local holder = redis.call('HGET', KEYS[3], ARGV[1])
+if holder then return {'held', holder} end
+return {'skip', 'done'}
+"""
+
+# KEYS: running   ARGV: action id, old holder, new holder
+_TAKEOVER = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: group, groupstart   ARGV: gid, wait_all_ready, key prefix, guids...
+_JOIN_GROUP = """
+local added = 0
+for i = 4, #ARGV do
+  local rk = ARGV[3] .. ':rm:' .. ARGV[i]
+  local s = tonumber(redis.call('HGET', rk, 'state'))
+  redis.call('HSET', rk, 'grp', ARGV[1])
+  if s < 3 then added = added + 1 end
+  if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[i]) end
+end
+local left = redis.call('HINCRBY', KEYS[1], 'pending', added)
+if left <= 0 and ARGV[2] == '1' then
+  local ready = redis.call('SMEMBERS', KEYS[2])
+  redis.call('DEL', KEYS[2])
+  return ready
+end
+return {}
+"""
+
+# KEYS: timers, outbox, pending   ARGV: horizon end (Redis clock)
+_POP_TIMERS = """
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES')) do
+  table.insert(out, m)
+end
+for i = 1, #out, 2 do
+  local item = cjson.decode(out[i])
+  redis.call('HSET', KEYS[2], item.aid, cjson.encode(item.p))
+  redis.call('ZADD', KEYS[3], out[i + 1], item.aid)
+  redis.call('ZREM', KEYS[1], out[i])
+end
+return out
+"""
+
+# KEYS: run, guids   ARGV: rm key prefix, guid ("" = next free), rtype
+_REGISTER = _TIME + """
+local guid = ARGV[2]
+if guid == '' then
+  local last = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  guid = 1
+  if #last > 0 then guid = tonumber(last[2]) + 1 end
+elseif redis.call('ZSCORE', KEYS[2], guid) then
+  return -1
+end
+redis.call('ZADD', KEYS[2], guid, guid)
+redis.call('HSET', ARGV[1] .. guid, 'rtype', ARGV[3], 'state', 0, 't0', now())
+return tonumber(guid)
+"""
+
+
+class Transition:
+    """What one state transition did."""
+
+    __slots__ = ("changed", "dispatch", "previous")
+
+    def __init__(self, changed: bool, previous: int, dispatch: list[tuple[str, Payload]]) -> None:
+        self.changed = changed
+        self.previous = previous
+        self.dispatch = dispatch
+
+
+class CheckResult:
+    """The outcome of evaluating one condition group."""
+
+    __slots__ = ("index", "last", "now", "outcome")
+
+    def __init__(self, outcome: str, index: int = 0, last: float = 0.0, now: float = 0.0):
+        self.outcome = outcome  # ok | parked | failed | unknown
+        self.index = index
+        self.last = last
+        self.now = now
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, Payload]]:
+    return [(flat[i], json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+class Store:
+    """Reads and writes one run's keys.  Thread-safe (redis-py pools connections).
+
+    After :meth:`freeze`, reads answer from a final snapshot and every write
+    raises :class:`ControllerClosedError`.
+    """
+
+    def __init__(self, client: redis.Redis, exp_id: str, run_id: str) -> None:
+        self.client = client
+        self.keys = Keys(exp_id, run_id)
+        self.exp_id = exp_id
+        self.run_id = run_id
+        self._frozen: dict[str, Any] | None = None
+        self._clock_offset: float | None = None
+        reg = client.register_script
+        self._transition = reg(_TRANSITION)
+        self._check = reg(_CHECK)
+        self._claim = reg(_CLAIM)
+        self._takeover = reg(_TAKEOVER)
+        self._join_group = reg(_JOIN_GROUP)
+        self._pop_timers = reg(_POP_TIMERS)
+        self._register = reg(_REGISTER)
+
+    # -- clock ---------------------------------------------------------------
+
+    @property
+    def clock_offset(self) -> float:
+        """Redis clock minus local clock, in seconds (measured once, lazily)."""
+        if self._clock_offset is None:
+            before = time.time()
+            sec, usec = self.client.time()
+            after = time.time()
+            self._clock_offset = (sec + usec / 1e6) - (before + after) / 2
+        return self._clock_offset
+
+    def now(self) -> float:
+        """Return the current time on the Redis clock (estimated locally)."""
+        return time.time() + self.clock_offset
+
+    # -- guard ---------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self._frozen is not None:
+            raise ControllerClosedError("the controller was shut down; its run is read-only")
+
+    # -- resources -----------------------------------------------------------
+
+    def register(self, rtype: str, guid: int | None) -> int:
+        """Create a NEW resource; return its guid, or -1 if ``guid`` is taken."""
+        self._writable()
+        k = self.keys
+        return int(
+            self._register(keys=[k.run, k.guids], args=[k.key("rm", ""), "" if guid is None else guid, rtype])
+        )
+
+    def guids(self) -> list[int]:
+        """Return every guid of the run, ascending."""
+        if self._frozen is not None:
+            return sorted(self._frozen["rms"])
+        return [int(g) for g in self.client.zrange(self.keys.guids, 0, -1)]
+
+    def missing(self, guids: Iterable[int]) -> list[int]:
+        """Return the guids of ``guids`` that name no resource of this run."""
+        guids = list(guids)
+        if not guids:
+            return []
+        if self._frozen is not None:
+            return [g for g in guids if g not in self._frozen["rms"]]
+        scores = self.client.zmscore(self.keys.guids, guids)
+        return [g for g, s in zip(guids, scores, strict=True) if s is None]
+
+    def rm_field(self, guid: int, field: str) -> str | None:
+        """Return one field of a resource's hash."""
+        if self._frozen is not None:
+            return self._frozen["rms"].get(guid, {}).get(field)
+        value: str | None = self.client.hget(self.keys.rm(guid), field)
+        return value
+
+    def rm_fields(self, guid: int, *fields: str) -> list[str | None]:
+        """Return several fields of a resource's hash in one round trip."""
+        if self._frozen is not None:
+            data = self._frozen["rms"].get(guid, {})
+            return [data.get(f) for f in fields]
+        return list(self.client.hmget(self.keys.rm(guid), list(fields)))
+
+    def rm_all(self, guid: int) -> dict[str, str]:
+        """Return a resource's whole hash ({} when unknown)."""
+        if self._frozen is not None:
+            return dict(self._frozen["rms"].get(guid, {}))
+        data: dict[str, str] = self.client.hgetall(self.keys.rm(guid))
+        return data
+
+    def state(self, guid: int) -> int:
+        """Return a resource's state; raise UnknownGuidError when there is none."""
+        value = self.rm_field(guid, "state")
+        if value is None:
+            raise UnknownGuidError(f"no resource with guid {guid}")
+        return int(value)
+
+    def states(self, guids: Sequence[int]) -> list[int | None]:
+        """Return the states of many resources in one round trip."""
+        if self._frozen is not None:
+            return [self._state_of(self._frozen["rms"].get(g)) for g in guids]
+        pipe = self.client.pipeline(transaction=False)
+        for g in guids:
+            pipe.hget(self.keys.rm(g), "state")
+        return [None if s is None else int(s) for s in pipe.execute()]
+
+    @staticmethod
+    def _state_of(data: dict[str, str] | None) -> int | None:
+        return None if data is None else int(data["state"])
+
+    def set_fields(self, guid: int, mapping: dict[str, str]) -> None:
+        """Write fields of a resource's hash together."""
+        self._writable()
+        self.client.hset(self.keys.rm(guid), mapping=mapping)
+
+    def update_json_field(self, guid: int, field: str, update: Any) -> Any:
+        """Read-modify-write a JSON field of a resource atomically (optimistic lock).
+
+        ``update(old_value_or_None)`` returns the new value.
+        """
+        self._writable()
+        key = self.keys.rm(guid)
+        result: list[Any] = []
+
+        def txn(pipe: Any) -> None:
+            raw = pipe.hget(key, field)
+            new = update(None if raw is None else json.loads(raw))
+            pipe.multi()
+            pipe.hset(key, field, json.dumps(new))
+            result.append(new)
+
+        self.client.transaction(txn, key)
+        return result[-1]
+
+    def connect(self, guid1: int, guid2: int) -> None:
+        """Record a connection both ways."""
+        self._writable()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(self.keys.conn(guid1), guid2)
+        pipe.sadd(self.keys.conn(guid2), guid1)
+        pipe.execute()
+
+    def connections(self, guid: int) -> set[int]:
+        """Return the guids connected to ``guid``."""
+        if self._frozen is not None:
+            return set(self._frozen["conns"].get(guid, ()))
+        return {int(g) for g in self.client.smembers(self.keys.conn(guid))}
+
+    # -- transitions ---------------------------------------------------------
+
+    def transition(self, guid: int, state: int, allowed_from: Iterable[int] = ()) -> Transition:
+        """Move a resource to ``state`` in one atomic step (see module docstring).
+
+        No change once RELEASED, nor when already in ``state``, nor when the
+        current state is not in ``allowed_from`` (if given).
+        """
+        self._writable()
+        k = self.keys
+        allowed = ",".join(str(int(s)) for s in allowed_from)
+        out = self._transition(
+            keys=[k.rm(guid), k.wait(guid), k.run, k.events, k.outbox, k.pending, k.alarm],
+            args=[int(state), allowed, guid, k.prefix],
+        )
+        if out[0] == -1:
+            raise UnknownGuidError(f"no resource with guid {guid}")
+        return Transition(bool(out[0]), int(out[1]), _pairs(out[2:]))
+
+    def check(self, group: Sequence[int], state: int, park: Payload | None) -> CheckResult:
+        """Evaluate "every guid of ``group`` reached ``state``" atomically.
+
+        When unmet and ``park`` is given, the payload is parked on the first
+        unmet guid, to be woken by the transition that satisfies it.
+        """
+        self._writable()
+        keys: list[str] = []
+        for g in group:
+            keys += [self.keys.rm(g), self.keys.wait(g)]
+        out = self._check(keys=keys, args=[int(state), "" if park is None else json.dumps(park)])
+        if out[0] == "ok":
+            return CheckResult("ok", 0, float(out[1]), float(out[2]))
+        return CheckResult(out[0], int(out[1]))
+
+    # -- groups --------------------------------------------------------------
+
+    def next_id(self, name: str) -> int:
+        """Return the next value of a per-run counter (``group``, ``seq``)."""
+        self._writable()
+        return int(self.client.hincrby(self.keys.run, name, 1))
+
+    def join_group(self, gid: int, guids: Sequence[int], wait_all_ready: bool) -> list[int]:
+        """Add guids to deployment group ``gid``; return guids to start now (group all READY)."""
+        self._writable()
+        k = self.keys
+        out = self._join_group(
+            keys=[k.group(gid), k.group_start(gid)],
+            args=[gid, int(wait_all_ready), k.prefix, *guids],
+        )
+        return [int(g) for g in out]
+
+    # -- actions -------------------------------------------------------------
+
+    def add_pending(self, items: Iterable[tuple[str, float]]) -> None:
+        """Record action ids as published and unclaimed (before publishing them)."""
+        self._writable()
+        mapping = {aid: due for aid, due in items}
+        if mapping:
+            self.client.zadd(self.keys.pending, mapping)
+
+    def unpend(self, aids: Sequence[str]) -> None:
+        """Forget action ids whose publication failed."""
+        if aids:
+            self.client.zrem(self.keys.pending, *aids)
+
+    def clear_outbox(self, aids: Sequence[str]) -> None:
+        """Remove published actions from the outbox."""
+        if aids:
+            self.client.hdel(self.keys.outbox, *aids)
+
+    def stale_outbox(self, older_than: float) -> list[Dispatch]:
+        """Return outbox actions decided more than ``older_than`` seconds ago."""
+        entries: dict[str, str] = self.client.hgetall(self.keys.outbox)
+        if not entries:
+            return []
+        aids = list(entries)
+        dues = self.client.zmscore(self.keys.pending, aids)
+        limit = self.now() - older_than
+        stale: list[Dispatch] = []
+        for aid, due in zip(aids, dues, strict=True):
+            if due is None:  # claimed already: the publish happened
+                self.client.hdel(self.keys.outbox, aid)
+            elif due < limit:
+                stale.append((aid, json.loads(entries[aid]), due))
+        return stale
+
+    def claim(self, aid: str, worker_id: str, is_release: bool) -> str:
+        """Claim an action for this worker; return ``run`` or why not (``skip:…``)."""
+        k = self.keys
+        verdict, holder = self._claim(
+            keys=[k.run, k.pending, k.running], args=[aid, worker_id, int(is_release)]
+        )
+        if verdict == "held":
+            if holder == worker_id or self.client.exists(worker_key(holder)):
+                return "skip:running"
+            took = self._takeover(keys=[k.running], args=[aid, holder, worker_id])
+            return "run" if took else "skip:running"
+        return "run" if verdict == "run" else f"skip:{holder}"
+
+    def finish(self, aid: str, tracked: bool, status: str, result: Any) -> None:
+        """Mark an action done, recording status and result when tracked."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.keys.running, aid)
+        if tracked:
+            pipe.hset(self.keys.task(aid), mapping={"s": status, "r": json.dumps(result)})
+        pipe.execute()
+
+    def track(self, aid: str) -> None:
+        """Create the status record of a tracked action (status NEW)."""
+        self._writable()
+        self.client.hset(self.keys.task(aid), mapping={"s": "NEW", "r": "null"})
+
+    def task_status(self, aid: str) -> tuple[str, Any] | None:
+        """Return (status, result) of a tracked action, or None."""
+        frozen = self._frozen
+        rec = frozen["tasks"].get(aid) if frozen is not None else self.client.hgetall(self.keys.task(aid))
+        if not rec:
+            return None
+        return rec["s"], json.loads(rec["r"])
+
+    def add_timers(self, items: Iterable[tuple[str, Payload, float]]) -> None:
+        """Keep actions due beyond the ETA horizon in Redis until they come close."""
+        self._writable()
+        mapping = {json.dumps({"aid": aid, "p": p}): due for aid, p, due in items}
+        if mapping:
+            self.client.zadd(self.keys.timers, mapping)
+
+    def pop_timers(self, until: float) -> list[Dispatch]:
+        """Move timers due before ``until`` to the outbox; return them."""
+        k = self.keys
+        out = self._pop_timers(keys=[k.timers, k.outbox, k.pending], args=[until])
+        items: list[Dispatch] = []
+        for i in range(0, len(out), 2):
+            item = json.loads(out[i])
+            items.append((item["aid"], item["p"], float(out[i + 1])))
+        return items
+
+    def next_timer(self) -> float | None:
+        """Return the due time of the earliest timer."""
+        first = self.client.zrange(self.keys.timers, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def pending_ids(self) -> list[str]:
+        """Return every published, unclaimed action id."""
+        return list(self.client.zrange(self.keys.pending, 0, -1))
+
+    def drop_pending(self) -> list[str]:
+        """Forget every pending action, timer and parked waiter; return the ids dropped."""
+        self._writable()
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrange(k.pending, 0, -1)
+        pipe.delete(k.pending, k.timers, k.outbox)
+        return list(pipe.execute()[0])
+
+    # -- run -----------------------------------------------------------------
+
+    def run_field(self, name: str) -> str | None:
+        if self._frozen is not None:
+            return self._frozen["run"].get(name)
+        value: str | None = self.client.hget(self.keys.run, name)
+        return value
+
+    def failure_level(self) -> int:
+        """Return the run's failure level (one key read)."""
+        return int(self.run_field("fl") or FailureLevel.OK)
+
+    def set_failure_level(self, level: int) -> None:
+        """Raise the run's failure level and wake waiters through the event stream."""
+        self._writable()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.run, "fl", level)
+        pipe.xadd(self.keys.events, {"g": -1, "s": level, "t": f"{self.now():.6f}"})
+        pipe.execute()
+
+    def mark_dropping(self) -> None:
+        """Mark the whole run as being released: only release actions still run."""
+        self._writable()
+        self.client.hset(self.keys.run, "drop", 1)
+
+    # -- events --------------------------------------------------------------
+
+    def last_event_id(self) -> str:
+        """Return the id of the newest event ('0-0' when none)."""
+        last = self.client.xrevrange(self.keys.events, count=1)
+        return str(last[0][0]) if last else "0-0"
+
+    def events(self, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """Return events after id ``after``, blocking up to ``block_ms``."""
+        reply = self.client.xread({self.keys.events: after}, block=block_ms, count=10000)
+        if not reply:
+            return []
+        return [(str(i), f) for i, f in reply[0][1]]
+
+    def pop_alarm(self, timeout: float) -> str | None:
+        """Block up to ``timeout`` s for a critical-failure alarm; return the guid."""
+        reply = self.client.blpop([self.keys.alarm], timeout=timeout)
+        return None if reply is None else str(reply[1])
+
+    def ring_alarm(self, why: str) -> None:
+        """Wake the failure manager (used at shutdown)."""
+        self.client.rpush(self.keys.alarm, why)
+
+    # -- snapshot ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return every resource hash, connection and tracked task of the run."""
+        guids = self.guids()
+        rms: dict[int, dict[str, str]] = {}
+        conns: dict[int, set[int]] = {}
+        for i in range(0, len(guids), 500):
+            chunk = guids[i : i + 500]
+            pipe = self.client.pipeline(transaction=False)
+            for g in chunk:
+                pipe.hgetall(self.keys.rm(g))
+                pipe.smembers(self.keys.conn(g))
+            replies = pipe.execute()
+            for j, g in enumerate(chunk):
+                rms[g] = replies[2 * j]
+                conns[g] = {int(c) for c in replies[2 * j + 1]}
+        tasks = {}
+        for key in self.client.scan_iter(match=self.keys.task("*"), count=1000):
+            tasks[key.rsplit(":", 1)[1]] = self.client.hgetall(key)
+        return {"rms": rms, "conns": conns, "tasks": tasks, "run": self.client.hgetall(self.keys.run)}
+
+    def freeze(self, snapshot: dict[str, Any]) -> None:
+        """Serve reads from ``snapshot`` from now on; refuse writes."""
+        self._frozen = snapshot
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen is not None
+
+    def force_released(self, guids: Iterable[int]) -> None:
+        """Mark resources RELEASED regardless of the action that should have done it."""
+        for g in guids:
+            self.transition(g, ResourceState.RELEASED)

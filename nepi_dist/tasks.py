@@ -1,0 +1,156 @@
+"""The Celery task that runs RM actions, and the per-process worker runtime.
+
+A message carries ``(exp_id, run_id, action id, payload)`` where the payload
+names a guid, an RM method and JSON arguments.  The worker claims the action
+(one Lua step that also refuses when the run is aborted), loads the RM from
+the store through the registry of known types, runs the method, and marks
+the action finished.  A second delivery of the same action id does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .context import ACTION_TASK, RELEASE_METHODS, RunContext, resolve_action
+from .keys import worker_key
+from .resource import ResourceFactory, ResourceRegistry
+from .store import Store
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger("nepi_dist.worker")
+
+HEARTBEAT_TTL = 15
+HEARTBEAT_EVERY = 5.0
+
+
+class WorkerRuntime:
+    """What one worker process keeps between tasks: no RM state, only handles.
+
+    A Redis client, the registry of RM types, a worker id with a heartbeat
+    key in Redis (a claim held by a worker whose heartbeat expired may be
+    taken over), and a small cache of run contexts.
+    """
+
+    def __init__(self, app: Celery, registry: ResourceRegistry) -> None:
+        self.app = app
+        self.registry = registry
+        self.client = redis.Redis.from_url(app.conf.nepi_redis_url, decode_responses=True)
+        self.worker_id = f"{socket.gethostname()}.{os.getpid()}.{os.urandom(3).hex()}"
+        self._contexts: dict[tuple[str, str], RunContext] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._heartbeat, name="nepi-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.client.set(worker_key(self.worker_id), json.dumps(info), ex=HEARTBEAT_TTL)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY):
+            try:
+                self._beat()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            self.client.delete(worker_key(self.worker_id))
+
+    def context(self, exp_id: str, run_id: str) -> RunContext:
+        key = (exp_id, run_id)
+        with self._lock:
+            ctx = self._contexts.get(key)
+            if ctx is None:
+                if len(self._contexts) > 64:
+                    self._contexts.clear()
+                ctx = RunContext(Store(self.client, exp_id, run_id), self.app, self.registry, log)
+                self._contexts[key] = ctx
+        return ctx
+
+
+def runtime_of(app: Celery) -> WorkerRuntime:
+    """Return the app's worker runtime, creating it on first use."""
+    rt: WorkerRuntime | None = getattr(app, "_nepi_runtime", None)
+    if rt is None:
+        with _RUNTIME_LOCK:
+            rt = getattr(app, "_nepi_runtime", None)
+            if rt is None:
+                registry = getattr(app, "nepi_registry", None) or ResourceFactory
+                rt = WorkerRuntime(app, registry)
+                app._nepi_runtime = rt
+    return rt
+
+
+_RUNTIME_LOCK = threading.Lock()
+
+
+def run_action(app: Celery, exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
+    """Claim and run one RM action; return what happened (for logs and tests)."""
+    rt = runtime_of(app)
+    ctx = rt.context(exp_id, run_id)
+    method = str(payload["m"])
+    verdict = ctx.store.claim(aid, rt.worker_id, method in RELEASE_METHODS)
+    if verdict != "run":
+        log.debug("action %s %s on guid %s: %s", aid, method, payload.get("g"), verdict)
+        return verdict
+    tracked = bool(payload.get("t"))
+    status, result = "DONE", None
+    try:
+        rm = ctx.get_resource(int(payload["g"]))
+        value = resolve_action(rm, method)(*payload.get("a", []), **payload.get("k", {}))
+        result = value if _jsonable(value) else repr(value)
+    except Exception as exc:
+        status, result = "ERROR", traceback.format_exc()
+        log.warning("action %s %s on guid %s failed: %s", aid, method, payload.get("g"), exc)
+        if _is_setup_error(exc):
+            _fail_resource(ctx, int(payload["g"]), f"{type(exc).__name__}: {exc}")
+    finally:
+        ctx.store.finish(aid, tracked, status, result)
+    return status.lower()
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _is_setup_error(exc: Exception) -> bool:
+    from .errors import ActionError, UnknownResourceTypeError
+
+    return isinstance(exc, (ActionError, UnknownResourceTypeError))
+
+
+def _fail_resource(ctx: RunContext, guid: int, message: str) -> None:
+    """Fail an RM whose action this worker cannot run at all (unknown type or method)."""
+    from .state import ResourceState
+
+    try:
+        ctx.store.set_fields(guid, {"err": message})
+        ctx._transition(guid, ResourceState.FAILED)
+    except Exception as exc:  # the task boundary: record and go on
+        log.error("could not fail guid %s: %s", guid, exc)
+
+
+def register_tasks(app: Celery) -> None:
+    """Register nepi's tasks on ``app`` (explicit names under ``nepi.``)."""
+
+    @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True)
+    def action(exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
+        return run_action(app, exp_id, run_id, aid, payload)
