@@ -9,6 +9,7 @@ both at :meth:`shutdown`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -175,7 +176,9 @@ class ExperimentController(RunContext):
             guids = [g for g, s in zip(every, self._store.states(every), strict=True) if s == ResourceState.NEW]
         guids = self._check_guids(guids)  # type: ignore[arg-type]
         gid = group if group is not None else self._store.next_id("groups")
-        stop_guids = [g for g in guids if self.get_resource(g).conditions.get(ResourceAction.STOP)]
+        conds = self._store.field_of_many(guids, "cond")
+        stop = str(int(ResourceAction.STOP))
+        stop_guids = [g for g, c in zip(guids, conds, strict=True) if c and json.loads(c).get(stop)]
         start_now = self._store.join_group(gid, guids, wait_all_ready)
         calls: list[tuple[int, str, list[Any], dict[str, Any]]]
         calls = [(g, "deploy_with_conditions", [], {}) for g in guids]

@@ -23,6 +23,7 @@ import redis
 
 from .errors import ControllerClosedError, UnknownGuidError
 from .keys import Keys, worker_key
+from .scripts import CHECK, CLAIM, JOIN_GROUP, POP_TIMERS, REGISTER, TAKEOVER, TRANSITION
 from .state import ResourceState
 
 
@@ -36,158 +37,6 @@ class FailureLevel:
 
 Payload = dict[str, Any]
 Dispatch = tuple[str, Payload, float]  # (action id, payload, due on the Redis clock)
-
-_TIME = """
-local function now()
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
-"""
-
-# KEYS: rm, wait, run, events, outbox, pending, alarm
-# ARGV: new state, allowed from-states ("" = any), guid, key prefix
-_TRANSITION = _TIME + """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'state'))
-if cur == nil then return {-1} end
-local new = tonumber(ARGV[1])
-if cur == 8 or cur == new then return {0, cur} end
-if ARGV[2] ~= '' then
-  local ok = false
-  for s in string.gmatch(ARGV[2], '[^,]+') do
-    if tonumber(s) == cur then ok = true end
-  end
-  if not ok then return {0, cur} end
-end
-local ts = now()
-redis.call('HSET', KEYS[1], 'state', new, 't' .. new, ts)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'g', ARGV[3], 's', new, 't', ts)
-local out = {1, cur}
-local function emit(payload)
-  local aid = 's' .. redis.call('HINCRBY', KEYS[3], 'seq', 1)
-  redis.call('HSET', KEYS[5], aid, payload)
-  redis.call('ZADD', KEYS[6], ts, aid)
-  table.insert(out, aid)
-  table.insert(out, payload)
-end
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', new)) do
-  emit(member)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', new)
-local gid = redis.call('HGET', KEYS[1], 'grp')
-if gid and cur < 3 and new >= 3 then
-  local left = redis.call('HINCRBY', ARGV[4] .. ':grp:' .. gid, 'pending', -1)
-  if left <= 0 then
-    local sk = ARGV[4] .. ':grpstart:' .. gid
-    for _, g in ipairs(redis.call('SMEMBERS', sk)) do
-      emit(cjson.encode({g = tonumber(g), m = 'start_with_conditions'}))
-    end
-    redis.call('DEL', sk)
-  end
-end
-if new == 7 and redis.call('HGET', KEYS[1], 'a:critical') ~= 'false' then
-  if tonumber(redis.call('HGET', KEYS[3], 'fl') or '1') == 1 then
-    redis.call('HSET', KEYS[3], 'fl', 2)
-  end
-  redis.call('RPUSH', KEYS[7], ARGV[3])
-end
-return out
-"""
-
-# KEYS: rm1, wait1, rm2, wait2, ...   ARGV: needed state, payload to park ("" = don't)
-_CHECK = _TIME + """
-local need = tonumber(ARGV[1])
-local last = 0
-for i = 1, #KEYS, 2 do
-  local f = redis.call('HMGET', KEYS[i], 'state', 'a:critical')
-  local s = tonumber(f[1])
-  if s == nil then return {'unknown', (i + 1) / 2} end
-  if s == 7 and need ~= 7 then
-    if f[2] ~= 'false' then return {'failed', (i + 1) / 2} end
-  elseif s < need then
-    if ARGV[2] ~= '' then redis.call('ZADD', KEYS[i + 1], need, ARGV[2]) end
-    return {'parked', (i + 1) / 2}
-  else
-    local t = tonumber(redis.call('HGET', KEYS[i], 't' .. need) or '0')
-    if t > last then last = t end
-  end
-end
-return {'ok', string.format('%.6f', last), now()}
-"""
-
-# KEYS: run, pending, running   ARGV: action id, worker id, 1 if a release action
-_CLAIM = """
-local fl = tonumber(redis.call('HGET', KEYS[1], 'fl') or '1')
-if ARGV[3] ~= '1' and (fl ~= 1 or redis.call('HEXISTS', KEYS[1], 'drop') == 1) then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return {'skip', 'aborted'}
-end
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-  return {'run', ''}
-end
-local holder = redis.call('HGET', KEYS[3], ARGV[1])
-if holder then return {'held', holder} end
-return {'skip', 'done'}
-"""
-
-# KEYS: running   ARGV: action id, old holder, new holder
-_TAKEOVER = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-# KEYS: group, groupstart   ARGV: gid, wait_all_ready, key prefix, guids...
-_JOIN_GROUP = """
-local added = 0
-for i = 4, #ARGV do
-  local rk = ARGV[3] .. ':rm:' .. ARGV[i]
-  local s = tonumber(redis.call('HGET', rk, 'state'))
-  redis.call('HSET', rk, 'grp', ARGV[1])
-  if s < 3 then added = added + 1 end
-  if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[i]) end
-end
-local left = redis.call('HINCRBY', KEYS[1], 'pending', added)
-if left <= 0 and ARGV[2] == '1' then
-  local ready = redis.call('SMEMBERS', KEYS[2])
-  redis.call('DEL', KEYS[2])
-  return ready
-end
-return {}
-"""
-
-# KEYS: timers, outbox, pending   ARGV: horizon end (Redis clock)
-_POP_TIMERS = """
-local out = {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES')) do
-  table.insert(out, m)
-end
-for i = 1, #out, 2 do
-  local item = cjson.decode(out[i])
-  redis.call('HSET', KEYS[2], item.aid, cjson.encode(item.p))
-  redis.call('ZADD', KEYS[3], out[i + 1], item.aid)
-  redis.call('ZREM', KEYS[1], out[i])
-end
-return out
-"""
-
-# KEYS: run, guids   ARGV: rm key prefix, guid ("" = next free), rtype
-_REGISTER = _TIME + """
-local guid = ARGV[2]
-if guid == '' then
-  local last = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  guid = 1
-  if #last > 0 then guid = tonumber(last[2]) + 1 end
-elseif redis.call('ZSCORE', KEYS[2], guid) then
-  return -1
-end
-redis.call('ZADD', KEYS[2], guid, guid)
-redis.call('HSET', ARGV[1] .. guid, 'rtype', ARGV[3], 'state', 0, 't0', now())
-return tonumber(guid)
-"""
-
 
 class Transition:
     """What one state transition did."""
@@ -231,13 +80,13 @@ class Store:
         self._frozen: dict[str, Any] | None = None
         self._clock_offset: float | None = None
         reg = client.register_script
-        self._transition = reg(_TRANSITION)
-        self._check = reg(_CHECK)
-        self._claim = reg(_CLAIM)
-        self._takeover = reg(_TAKEOVER)
-        self._join_group = reg(_JOIN_GROUP)
-        self._pop_timers = reg(_POP_TIMERS)
-        self._register = reg(_REGISTER)
+        self._transition = reg(TRANSITION)
+        self._check = reg(CHECK)
+        self._claim = reg(CLAIM)
+        self._takeover = reg(TAKEOVER)
+        self._join_group = reg(JOIN_GROUP)
+        self._pop_timers = reg(POP_TIMERS)
+        self._register = reg(REGISTER)
 
     # -- clock ---------------------------------------------------------------
 
@@ -315,18 +164,18 @@ class Store:
             raise UnknownGuidError(f"no resource with guid {guid}")
         return int(value)
 
-    def states(self, guids: Sequence[int]) -> list[int | None]:
-        """Return the states of many resources in one round trip."""
+    def field_of_many(self, guids: Sequence[int], field: str) -> list[str | None]:
+        """Return one field of many resources in one round trip."""
         if self._frozen is not None:
-            return [self._state_of(self._frozen["rms"].get(g)) for g in guids]
+            return [self._frozen["rms"].get(g, {}).get(field) for g in guids]
         pipe = self.client.pipeline(transaction=False)
         for g in guids:
-            pipe.hget(self.keys.rm(g), "state")
-        return [None if s is None else int(s) for s in pipe.execute()]
+            pipe.hget(self.keys.rm(g), field)
+        return list(pipe.execute())
 
-    @staticmethod
-    def _state_of(data: dict[str, str] | None) -> int | None:
-        return None if data is None else int(data["state"])
+    def states(self, guids: Sequence[int]) -> list[int | None]:
+        """Return the states of many resources in one round trip."""
+        return [None if s is None else int(s) for s in self.field_of_many(guids, "state")]
 
     def set_fields(self, guid: int, mapping: dict[str, str]) -> None:
         """Write fields of a resource's hash together."""
