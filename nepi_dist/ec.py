@@ -19,11 +19,13 @@ from typing import Any
 import redis
 
 from .app import REDIS_URL_ENV, create_app
+from .attribute import Flags
 from .context import RunContext, as_action
 from .embedded import EmbeddedRedis, EmbeddedWorker
 from .errors import (
     DuplicateGuidError,
     ECFailureError,
+    ReadOnlyAttributeError,
     UnknownGuidError,
     WaitTimeoutError,
 )
@@ -141,7 +143,11 @@ class ExperimentController(RunContext):
         _, grp, st = self._validate_condition(ResourceAction.START, guids2, state, time)
         targets = self._check_guids(guids1)
         for g in targets:
-            self.get_resource(g).get_attribute(name).validate(value)
+            rm = self.get_resource(g)
+            attr = rm.get_attribute(name)
+            if attr.has_flag(Flags.ReadOnly) or attr.has_flag(Flags.ExecReadOnly):
+                raise ReadOnlyAttributeError(f"attribute {name!r} of {rm.rtype()} cannot be set at run time")
+            attr.validate(value)
         self._send([(g, "set_with_conditions", [name, value, grp, int(st), time], {}) for g in targets])
 
     # -- act -----------------------------------------------------------------------

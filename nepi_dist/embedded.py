@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -103,6 +103,30 @@ class EmbeddedRedis:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
+def _app_thread_pool() -> type:
+    """Celery's thread pool, running each task with the worker's own app as current.
+
+    Celery looks a task up in the *current* app of the thread that runs it
+    (``trace_task_ret``); pool threads would otherwise use the process's
+    default app, not the app this worker serves.
+    """
+    from celery.concurrency.thread import TaskPool
+
+    class AppThreadPool(TaskPool):
+        def on_apply(  # type: ignore[no-untyped-def]
+            self, target, args=None, kwargs=None, callback=None, accept_callback=None, **_
+        ):
+            app = self.app
+
+            def in_app(*a: Any, **k: Any) -> Any:
+                app.set_current()
+                return target(*a, **k)
+
+            return super().on_apply(in_app, args, kwargs, callback, accept_callback)
+
+    return AppThreadPool
+
+
 class EmbeddedWorker:
     """A Celery worker (thread pool) running in this process."""
 
@@ -111,10 +135,15 @@ class EmbeddedWorker:
 
         self.app = app
         self._ready = threading.Event()
+        # Celery's Hub step reuses kombu's process-global event loop when one is
+        # set: clear it so this worker builds (and later closes) its own hub.
+        from kombu.asynchronous import set_event_loop
+
+        set_event_loop(None)
         self._worker = WorkController(
             app=app,
             hostname=f"nepi-embedded-{os.getpid()}-{os.urandom(3).hex()}@{socket.gethostname()}",
-            pool="threads",
+            pool=_app_thread_pool(),
             concurrency=concurrency,
             queues=queues or [POOL_QUEUE],
             without_heartbeat=True,

@@ -6,12 +6,14 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 
 ========================  =====  =================================================
 ``P:run``                 hash   run fields: ``fl`` failure level, ``drop`` 1 once
-                                 the whole run is being released, ``seq`` id counter
+                                 the whole run is being released, ``seq`` and
+                                 ``groups`` id counters
 ``P:guids``               zset   every guid of the run (score = guid)
 ``P:rm:<guid>``           hash   ``rtype``, ``state``, ``t<state>`` Redis-clock
                                  timestamps, ``grp`` deployment group, ``cond``
                                  conditions (JSON), ``a:<name>`` attribute values
-                                 (JSON), ``tr:<name>`` enabled traces
+                                 (JSON), ``tr:<name>`` enabled traces, ``p:<name>``
+                                 RM-internal values (JSON), ``err`` failure text
 ``P:conn:<guid>``         set    guids connected to ``guid``
 ``P:wait:<guid>``         zset   actions parked until ``guid`` reaches a state
                                  (score = the state waited for)
@@ -29,6 +31,8 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 Keys shared by all runs (outside any run's slot):
 
 ``nepi:worker:<worker_id>``  string  a live worker's heartbeat (JSON, with TTL)
+``nepi:watch``               hash    ``<exp_id>|<run_id>|<guid>`` -> running application
+                                     watched by a worker (JSON with its ``holder``)
 """
 
 from __future__ import annotations
@@ -117,6 +121,10 @@ class Keys:
     def pattern(self) -> str:
         """Return a SCAN pattern matching every key of this run."""
         return self.prefix.replace("{", "\\{").replace("}", "\\}") + ":*"
+
+
+#: Running applications and the worker watching each (shared by all runs).
+WATCH_KEY = f"{ROOT}:watch"
 
 
 def worker_key(worker_id: str) -> str:

@@ -271,6 +271,17 @@ class ResourceManager:
         """Return True when the attribute was set (differs from its declaration)."""
         return self._store.rm_field(self._guid, f"a:{name}") is not None
 
+    # -- private state (the RM's own bookkeeping, shared by every worker) ---------
+
+    def _put(self, **values: Any) -> None:
+        """Record RM-internal values (JSON) in the store."""
+        self._store.set_fields(self._guid, {f"p:{k}": _encode(v) for k, v in values.items()})
+
+    def _got(self, name: str, default: Any = None) -> Any:
+        """Return an RM-internal value recorded by :meth:`_put`."""
+        raw = self._store.rm_field(self._guid, f"p:{name}")
+        return default if raw is None else json.loads(raw)
+
     # -- traces --------------------------------------------------------------
 
     def _trace_declared(self, name: str) -> Trace:
@@ -442,14 +453,19 @@ class ResourceManager:
             self.do_finish()
 
     def release(self) -> None:
-        """Release the RM; never raises, always ends RELEASED."""
+        """Release the RM; never raises.
+
+        ``do_release`` ends in ``set_released`` (the default does) or defers
+        itself (e.g. until connected RMs are released); when it raises, the RM
+        is marked RELEASED anyway.
+        """
         if self._released():
             return
         try:
             self.do_release()
         except Exception as exc:
-            self.error(f"release failed: {exc}\n{traceback.format_exc()}")
-        finally:
+            self.error(f"release failed: {exc}")
+            self.debug(traceback.format_exc())
             self.set_released()
 
     def do_discover(self) -> None:
@@ -564,8 +580,9 @@ class ResourceRegistry:
     names an rtype, never code.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, entry_points: bool = True) -> None:
         self._types: dict[str, type[ResourceManager]] = {}
+        self._load_entry_points = entry_points
 
     def register_type(self, rclass: type[ResourceManager]) -> type[ResourceManager]:
         """Register ``rclass`` under its rtype (usable as a class decorator)."""
@@ -577,7 +594,24 @@ class ResourceRegistry:
     def resource_types(self) -> dict[str, type[ResourceManager]]:
         return dict(self._types)
 
+    def load_entry_points(self) -> None:
+        """Register the RM types published in the ``nepi_dist.resources`` entry point group."""
+        from importlib.metadata import entry_points
+
+        self._load_entry_points = False
+        for ep in entry_points(group="nepi_dist.resources"):
+            self.register_module(ep.load())
+
+    def register_module(self, target: object) -> None:
+        """Register every ResourceManager subclass a module (or class) defines."""
+        members = [target] if isinstance(target, type) else list(vars(target).values())
+        for obj in members:
+            if isinstance(obj, type) and issubclass(obj, ResourceManager) and obj is not ResourceManager:
+                self.register_type(obj)
+
     def get_resource_type(self, rtype: str) -> type[ResourceManager]:
+        if rtype not in self._types and self._load_entry_points:
+            self.load_entry_points()
         try:
             return self._types[rtype]
         except KeyError:

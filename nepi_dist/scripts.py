@@ -68,7 +68,7 @@ for i = 1, #KEYS, 2 do
   local f = redis.call('HMGET', KEYS[i], 'state', 'a:critical')
   local s = tonumber(f[1])
   if s == nil then return {'unknown', (i + 1) / 2} end
-  if s == 7 and need ~= 7 then
+  if s == 7 and need < 7 then
     if f[2] ~= 'false' then return {'failed', (i + 1) / 2} end
   elseif s < need then
     if ARGV[2] ~= '' then redis.call('ZADD', KEYS[i + 1], need, ARGV[2]) end

@@ -151,6 +151,6 @@ def _fail_resource(ctx: RunContext, guid: int, message: str) -> None:
 def register_tasks(app: Celery) -> None:
     """Register nepi's tasks on ``app`` (explicit names under ``nepi.``)."""
 
-    @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True)
+    @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True, shared=False)
     def action(exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
         return run_action(app, exp_id, run_id, aid, payload)

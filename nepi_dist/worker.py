@@ -12,10 +12,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from importlib.metadata import entry_points
 
 from .app import create_app
-from .resource import ResourceFactory, ResourceManager, ResourceRegistry
+from .resource import ResourceFactory, ResourceRegistry
 
 RM_MODULES_ENV = "NEPI_DIST_RM_MODULES"
 ENTRY_POINT_GROUP = "nepi_dist.resources"
@@ -30,16 +29,9 @@ def load_resource_types(modules: list[str], registry: ResourceRegistry = Resourc
     (``ResourceFactory.register_type``); every ResourceManager subclass it
     defines at module level is registered as well.
     """
-    targets: list[object] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        targets.append(ep.load())
+    registry.load_entry_points()
     for name in modules:
-        targets.append(importlib.import_module(name))
-    for target in targets:
-        members = vars(target).values() if hasattr(target, "__dict__") and not isinstance(target, type) else [target]
-        for obj in members:
-            if isinstance(obj, type) and issubclass(obj, ResourceManager) and obj is not ResourceManager:
-                registry.register_type(obj)
+        registry.register_module(importlib.import_module(name))
     return sorted(registry.resource_types())
 
 

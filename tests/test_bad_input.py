@@ -1,14 +1,15 @@
 """Bad input gets a specific error from nepi_dist.errors and changes nothing.
 
 Every case checks the exception class (all subclass NepiError) and that the
-run's state is the same afterwards: the run's keys in Redis, read whole, for
-an undeployed run; the attribute or conditions concerned once workers act.
+run's state is the same afterwards: every key of the run in Redis, read whole
+just before and just after the refused call, plus the value, conditions or
+resources the call named.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -31,7 +32,22 @@ from nepi_dist.errors import (
     UnknownTraceError,
 )
 
-UNKNOWN = 999
+UNKNOWN = 10**6
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[ExperimentController]:
+    """One controller (embedded default) shared by the tests of this file.
+
+    Each test registers its own resources (and deploys only those); the checks
+    compare the run's keys just before and just after the refused call.
+    """
+    controller = ExperimentController(nthreads=4)
+    try:
+        yield controller
+    finally:
+        controller.shutdown()
+
 
 BAD_TIMES = [
     "5 s",
@@ -46,10 +62,16 @@ BAD_TIMES = [
 
 
 def run_snapshot(ec: ExperimentController) -> dict[str, Any]:
-    """Return every key of the run with its full content."""
+    """Return every key of the run with its full content.
+
+    ``running`` (which worker holds which action) is left out: a worker may
+    still be clearing its entry for an action whose effect a test waited for.
+    """
     client = ec.store.client
     snap: dict[str, Any] = {}
     for key in client.scan_iter(match=ec.store.keys.pattern()):
+        if key == ec.store.keys.running:
+            continue
         kind = client.type(key)
         if kind == "string":
             value: Any = client.get(key)
@@ -85,17 +107,23 @@ def assert_refused(
 # -- resource types and guids ---------------------------------------------------------
 
 
-def test_an_unknown_resource_type_is_refused_and_registers_nothing(ec: ExperimentController) -> None:
-    assert_refused(ec, UnknownResourceTypeError, lambda: ec.register_resource("NoSuchType"))
-    assert ec.resources == []
-    assert ec.register_resource("Plain") == 1
+def test_an_unknown_resource_type_is_refused_and_registers_nothing(run: ExperimentController) -> None:
+    before = run.resources
+    assert_refused(run, UnknownResourceTypeError, lambda: run.register_resource("NoSuchType"))
+    assert_refused(run, UnknownResourceTypeError, lambda: run.register_resource("plain"))
+    g = run.register_resource("Plain")
+    assert run.resources == [*before, g]
 
 
-def test_a_duplicate_explicit_guid_is_refused_and_keeps_the_first_resource(ec: ExperimentController) -> None:
-    assert ec.register_resource("Plain", guid=5) == 5
-    assert_refused(ec, DuplicateGuidError, lambda: ec.register_resource("Forever", guid=5))
-    assert ec.resources == [5]
-    assert ec.get_resource(5).rtype() == "Plain"
+def test_a_duplicate_explicit_guid_is_refused_and_keeps_the_first_resource(run: ExperimentController) -> None:
+    guid = max(run.resources, default=0) + 1000
+    assert run.register_resource("Plain", guid=guid) == guid
+    run.set(guid, "label", "first")
+    assert_refused(run, DuplicateGuidError, lambda: run.register_resource("Forever", guid=guid))
+    assert_refused(run, DuplicateGuidError, lambda: run.register_resource("Plain", guid=guid))
+    assert run.get_resource(guid).rtype() == "Plain"
+    assert run.get(guid, "label") == "first"
+    assert run.state(guid) == ResourceState.NEW
 
 
 UNKNOWN_GUID_CALLS: dict[str, Callable[[ExperimentController, int], object]] = {
@@ -126,17 +154,17 @@ UNKNOWN_GUID_CALLS: dict[str, Callable[[ExperimentController, int], object]] = {
 
 
 @pytest.mark.parametrize("call", list(UNKNOWN_GUID_CALLS), ids=list(UNKNOWN_GUID_CALLS))
-def test_an_unknown_guid_is_refused_by_every_call_that_names_one(ec: ExperimentController, call: str) -> None:
-    g = ec.register_resource("Plain")
-    assert_refused(ec, UnknownGuidError, lambda: UNKNOWN_GUID_CALLS[call](ec, g))
-    assert ec.state(g) == ResourceState.NEW
-    assert ec.get_resource(g).deployment_group is None
-    assert ec.get_resource(g).connections == set()
+def test_an_unknown_guid_is_refused_by_every_call_that_names_one(run: ExperimentController, call: str) -> None:
+    g = run.register_resource("Plain")
+    assert_refused(run, UnknownGuidError, lambda: UNKNOWN_GUID_CALLS[call](run, g))
+    assert run.state(g) == ResourceState.NEW
+    assert run.get_resource(g).deployment_group is None
+    assert run.get_resource(g).connections == set()
 
 
-def test_get_resource_of_a_plain_guid_gives_an_rm_with_an_echo_action(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    rm = ec.get_resource(g)
+def test_get_resource_of_a_plain_guid_gives_an_rm_with_an_echo_action(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    rm = run.get_resource(g)
     assert rm.guid == g
     assert rm.rtype() == "Plain"
     assert callable(rm.echo)
@@ -146,14 +174,14 @@ def test_get_resource_of_a_plain_guid_gives_an_rm_with_an_echo_action(ec: Experi
 # -- attributes ---------------------------------------------------------------------------
 
 
-def test_getting_an_unknown_attribute_is_refused(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    assert_refused(ec, UnknownAttributeError, lambda: ec.get(g, "nosuch"))
+def test_getting_an_unknown_attribute_is_refused(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    assert_refused(run, UnknownAttributeError, lambda: run.get(g, "nosuch"))
 
 
-def test_setting_an_unknown_attribute_is_refused_and_writes_nothing(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    assert_refused(ec, UnknownAttributeError, lambda: ec.set(g, "nosuch", "x"))
+def test_setting_an_unknown_attribute_is_refused_and_writes_nothing(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    assert_refused(run, UnknownAttributeError, lambda: run.set(g, "nosuch", "x"))
 
 
 BAD_VALUES = [
@@ -177,127 +205,128 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("name", "value"), BAD_VALUES, ids=[f"{n}={v!r}" for n, v in BAD_VALUES])
 def test_a_value_breaking_its_attribute_is_refused_and_the_old_value_stays(
-    ec: ExperimentController, name: str, value: object
+    run: ExperimentController, name: str, value: object
 ) -> None:
-    g = ec.register_resource("Plain")
-    ec.set(g, "label", "kept")
-    ec.set(g, "count", 3)
-    before = ec.get(g, name)
-    assert_refused(ec, AttributeValueError, lambda: ec.set(g, name, value))
-    assert ec.get(g, name) == before
+    g = run.register_resource("Plain")
+    run.set(g, "label", "kept")
+    run.set(g, "count", 3)
+    before = run.get(g, name)
+    assert_refused(run, AttributeValueError, lambda: run.set(g, name, value))
+    assert run.get(g, name) == before
 
 
-def test_the_same_bad_values_are_refused_by_the_attribute_itself(ec: ExperimentController) -> None:
-    rm = ec.get_resource(ec.register_resource("Plain"))
+def test_the_same_bad_values_are_refused_by_the_attribute_itself(run: ExperimentController) -> None:
+    rm = run.get_resource(run.register_resource("Plain"))
     for name, value in BAD_VALUES:
         with pytest.raises(AttributeValueError):
             rm.get_attribute(name).validate(value)
 
 
-def test_boundary_values_of_a_range_are_accepted(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    assert ec.set(g, "count", 0) == 0
-    assert ec.set(g, "count", 10) == 10
-    assert ec.get(g, "count") == 10
+def test_boundary_values_of_a_range_are_accepted(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    assert run.set(g, "count", 0) == 0
+    assert run.set(g, "count", 10) == 10
+    assert run.get(g, "count") == 10
 
 
-def test_a_readonly_attribute_cannot_be_set_by_the_user(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    assert_refused(ec, ReadOnlyAttributeError, lambda: ec.set(g, "serial", "S-1"))
-    assert ec.get(g, "serial") is None
+def test_a_readonly_attribute_cannot_be_set_by_the_user(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    assert_refused(run, ReadOnlyAttributeError, lambda: run.set(g, "serial", "S-1"))
+    assert run.get(g, "serial") is None
 
 
-def test_critical_can_be_set_before_deploy_but_not_once_deploy_returned(ec: ExperimentController) -> None:
-    early = ec.register_resource("Plain")
-    g = ec.register_resource("Plain")
-    assert ec.set(early, "critical", False) is False
-    assert ec.get(early, "critical") is False
-    ec.deploy([g])
+def test_critical_can_be_set_before_deploy_but_not_once_deploy_returned(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    assert run.set(g, "critical", False) is False
+    assert run.set(g, "critical", "true") is True
+    assert run.get(g, "critical") is True
+    run.deploy([g])
     with pytest.raises(ReadOnlyAttributeError):
-        ec.set(g, "critical", False)
-    ec.wait_finished(g, timeout=20)
-    assert ec.state(g) == ResourceState.FINISHED
-    fields = ec.store.rm_all(g)
+        run.set(g, "critical", False)
+    run.wait_finished(g, timeout=20)
+    assert run.state(g) == ResourceState.FINISHED
+    fields = run.store.rm_all(g)
     with pytest.raises(ReadOnlyAttributeError):
-        ec.set(g, "critical", False)
-    assert ec.get(g, "critical") is True
-    assert ec.store.rm_all(g) == fields
+        run.set(g, "critical", False)
+    assert run.get(g, "critical") is True
+    assert run.store.rm_all(g) == fields
 
 
-def test_an_application_command_is_settable_before_deploy_and_read_only_after(ec: ExperimentController) -> None:
-    node = ec.register_resource("Node")
-    app = ec.register_resource("Application")
-    ec.register_connection(app, node)
-    ec.set(app, "command", "echo one")
-    ec.set(app, "command", "echo two")
-    assert ec.get(app, "command") == "echo two"
-    ec.deploy()
-    ec.wait_finished(app, timeout=20)
-    fields = ec.store.rm_all(app)
+def test_an_application_command_is_settable_before_deploy_and_read_only_after(run: ExperimentController) -> None:
+    node = run.register_resource("Node")
+    app = run.register_resource("Application")
+    run.register_connection(app, node)
+    run.set(app, "command", "echo one")
+    run.set(app, "command", "echo two")
+    assert run.get(app, "command") == "echo two"
+    run.deploy([node, app])
+    run.wait_finished(app, timeout=20)
+    assert run.state(app) == ResourceState.FINISHED
+    fields = run.store.rm_all(app)
     with pytest.raises(ReadOnlyAttributeError):
-        ec.set(app, "command", "rm -rf /")
-    assert ec.get(app, "command") == "echo two"
-    assert ec.store.rm_all(app) == fields
+        run.set(app, "command", "rm -rf /")
+    assert run.get(app, "command") == "echo two"
+    assert run.store.rm_all(app) == fields
 
 
-def test_a_readonly_attribute_cannot_be_set_through_set_with_conditions(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    other = ec.register_resource("Plain")
+def test_a_readonly_attribute_cannot_be_set_through_set_with_conditions(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    other = run.register_resource("Plain")
     assert_refused(
-        ec,
+        run,
         ReadOnlyAttributeError,
-        lambda: ec.set_with_conditions("serial", "S-1", g, other, ResourceState.STARTED),
+        lambda: run.set_with_conditions("serial", "S-1", g, other, ResourceState.STARTED),
     )
 
 
-def test_an_exec_readonly_attribute_cannot_be_set_through_set_with_conditions(ec: ExperimentController) -> None:
+def test_an_exec_readonly_attribute_cannot_be_set_through_set_with_conditions(run: ExperimentController) -> None:
     """set_with_conditions sets once the RM is STARTED, i.e. always after deploy."""
-    g = ec.register_resource("Plain")
-    other = ec.register_resource("Plain")
+    g = run.register_resource("Plain")
+    other = run.register_resource("Plain")
     assert_refused(
-        ec,
+        run,
         ReadOnlyAttributeError,
-        lambda: ec.set_with_conditions("critical", False, g, other, ResourceState.STARTED),
+        lambda: run.set_with_conditions("critical", False, g, other, ResourceState.STARTED),
     )
 
 
-def test_set_with_conditions_refuses_an_unknown_attribute(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    other = ec.register_resource("Plain")
+def test_set_with_conditions_refuses_an_unknown_attribute(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    other = run.register_resource("Plain")
     assert_refused(
-        ec,
+        run,
         UnknownAttributeError,
-        lambda: ec.set_with_conditions("nosuch", 1, [g], [other], ResourceState.STARTED),
+        lambda: run.set_with_conditions("nosuch", 1, [g], [other], ResourceState.STARTED),
     )
 
 
 @pytest.mark.parametrize(("name", "value"), [("count", 11), ("count", "abc"), ("mode", "c"), ("label", 3)])
-def test_set_with_conditions_refuses_a_bad_value(ec: ExperimentController, name: str, value: object) -> None:
-    g = ec.register_resource("Plain")
-    other = ec.register_resource("Plain")
+def test_set_with_conditions_refuses_a_bad_value(run: ExperimentController, name: str, value: object) -> None:
+    g = run.register_resource("Plain")
+    other = run.register_resource("Plain")
     assert_refused(
-        ec,
+        run,
         AttributeValueError,
-        lambda: ec.set_with_conditions(name, value, [g], [other], ResourceState.STARTED),
+        lambda: run.set_with_conditions(name, value, [g], [other], ResourceState.STARTED),
     )
 
 
-def test_set_with_conditions_refuses_a_malformed_time(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    other = ec.register_resource("Plain")
+def test_set_with_conditions_refuses_a_malformed_time(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    other = run.register_resource("Plain")
     assert_refused(
-        ec,
+        run,
         TimeFormatError,
-        lambda: ec.set_with_conditions("label", "x", [g], [other], ResourceState.STARTED, "5 s"),
+        lambda: run.set_with_conditions("label", "x", [g], [other], ResourceState.STARTED, "5 s"),
     )
 
 
-def test_set_with_conditions_refuses_an_unknown_guid_in_its_condition(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
+def test_set_with_conditions_refuses_an_unknown_guid_in_its_condition(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
     assert_refused(
-        ec,
+        run,
         ConditionError,
-        lambda: ec.set_with_conditions("label", "x", [g], [g, UNKNOWN], ResourceState.STARTED),
+        lambda: run.set_with_conditions("label", "x", [g], [g, UNKNOWN], ResourceState.STARTED),
     )
 
 
@@ -305,76 +334,75 @@ def test_set_with_conditions_refuses_an_unknown_guid_in_its_condition(ec: Experi
 
 
 @pytest.mark.parametrize("date", BAD_TIMES)
-def test_schedule_refuses_a_malformed_date_and_schedules_nothing(ec: ExperimentController, date: str) -> None:
-    g = ec.register_resource("Plain")
-    rm = ec.get_resource(g)
+def test_schedule_refuses_a_malformed_date_and_schedules_nothing(run: ExperimentController, date: str) -> None:
+    g = run.register_resource("Plain")
+    rm = run.get_resource(g)
     with pytest.raises(TimeFormatError):
-        ec.schedule(date, lambda: None)
-    assert_refused(ec, TimeFormatError, lambda: ec.schedule(date, functools.partial(rm.echo, 1), track=True))
-    assert ec.store.pending_ids() == []
-    # a well-formed date on the same callable is accepted: the date alone was the fault
-    tid = ec.schedule("0s", functools.partial(rm.echo, 1), track=True)
-    assert ec.get_task(tid) is not None
+        run.schedule(date, lambda: None)
+    assert_refused(run, TimeFormatError, lambda: run.schedule(date, functools.partial(rm.echo, 1), track=True))
+    assert_refused(run, TimeFormatError, lambda: run.schedule(date, rm.start))
 
 
 @pytest.mark.parametrize("time", BAD_TIMES)
-def test_register_condition_refuses_a_malformed_time(ec: ExperimentController, time: str) -> None:
-    a = ec.register_resource("Plain")
-    b = ec.register_resource("Plain")
+def test_register_condition_refuses_a_malformed_time(run: ExperimentController, time: str) -> None:
+    a = run.register_resource("Plain")
+    b = run.register_resource("Plain")
     assert_refused(
-        ec, TimeFormatError, lambda: ec.register_condition(a, ResourceAction.START, b, ResourceState.STARTED, time)
+        run, TimeFormatError, lambda: run.register_condition(a, ResourceAction.START, b, ResourceState.STARTED, time)
     )
-    assert ec.get_resource(a).conditions == {}
+    assert run.get_resource(a).conditions == {}
 
 
 # -- conditions -------------------------------------------------------------------------------
 
 
-def test_a_condition_waiting_on_an_unknown_guid_is_refused(ec: ExperimentController) -> None:
-    a = ec.register_resource("Plain")
-    b = ec.register_resource("Plain")
+def test_a_condition_waiting_on_an_unknown_guid_is_refused(run: ExperimentController) -> None:
+    a = run.register_resource("Plain")
+    b = run.register_resource("Plain")
     assert_refused(
-        ec, ConditionError, lambda: ec.register_condition(a, ResourceAction.START, [b, UNKNOWN], ResourceState.READY)
+        run, ConditionError, lambda: run.register_condition(a, ResourceAction.START, [b, UNKNOWN], ResourceState.READY)
     )
-    assert ec.get_resource(a).conditions == {}
+    assert run.get_resource(a).conditions == {}
 
 
-def test_a_condition_on_an_unknown_guid_is_refused_for_every_guid(ec: ExperimentController) -> None:
-    a = ec.register_resource("Plain")
-    b = ec.register_resource("Plain")
+def test_a_condition_on_an_unknown_guid_is_refused_for_every_guid(run: ExperimentController) -> None:
+    a = run.register_resource("Plain")
+    b = run.register_resource("Plain")
     assert_refused(
-        ec, UnknownGuidError, lambda: ec.register_condition([a, UNKNOWN], ResourceAction.START, b, ResourceState.READY)
+        run,
+        UnknownGuidError,
+        lambda: run.register_condition([a, UNKNOWN], ResourceAction.START, b, ResourceState.READY),
     )
-    assert ec.get_resource(a).conditions == {}
+    assert run.get_resource(a).conditions == {}
 
 
 @pytest.mark.parametrize("action", [3, -1, "bogus", None, 1.5])
-def test_a_condition_with_an_unknown_action_is_refused(ec: ExperimentController, action: object) -> None:
-    a = ec.register_resource("Plain")
-    b = ec.register_resource("Plain")
-    assert_refused(ec, ConditionError, lambda: ec.register_condition(a, action, b, ResourceState.READY))
-    assert ec.get_resource(a).conditions == {}
+def test_a_condition_with_an_unknown_action_is_refused(run: ExperimentController, action: object) -> None:
+    a = run.register_resource("Plain")
+    b = run.register_resource("Plain")
+    assert_refused(run, ConditionError, lambda: run.register_condition(a, action, b, ResourceState.READY))
+    assert run.get_resource(a).conditions == {}
 
 
 @pytest.mark.parametrize("state", [9, -1, "bogus", None, 2.5, "ready-ish"])
-def test_a_condition_with_an_unknown_state_is_refused(ec: ExperimentController, state: object) -> None:
-    a = ec.register_resource("Plain")
-    b = ec.register_resource("Plain")
-    assert_refused(ec, ConditionError, lambda: ec.register_condition(a, ResourceAction.START, b, state))
-    assert ec.get_resource(a).conditions == {}
+def test_a_condition_with_an_unknown_state_is_refused(run: ExperimentController, state: object) -> None:
+    a = run.register_resource("Plain")
+    b = run.register_resource("Plain")
+    assert_refused(run, ConditionError, lambda: run.register_condition(a, ResourceAction.START, b, state))
+    assert run.get_resource(a).conditions == {}
 
 
 # -- traces --------------------------------------------------------------------------------------
 
 
-def test_enabling_an_unknown_trace_is_refused(ec: ExperimentController) -> None:
-    node = ec.register_resource("Node")
-    app = ec.register_resource("Application")
-    ec.register_connection(app, node)
-    assert_refused(ec, UnknownTraceError, lambda: ec.enable_trace(app, "nosuch"))
-    assert_refused(ec, UnknownTraceError, lambda: ec.enable_trace(node, "stdout"))
-    assert_refused(ec, UnknownTraceError, lambda: ec.trace_enabled(app, "nosuch"))
-    assert ec.trace_enabled(app, "stdout") is False
+def test_enabling_an_unknown_trace_is_refused(run: ExperimentController) -> None:
+    node = run.register_resource("Node")
+    app = run.register_resource("Application")
+    run.register_connection(app, node)
+    assert_refused(run, UnknownTraceError, lambda: run.enable_trace(app, "nosuch"))
+    assert_refused(run, UnknownTraceError, lambda: run.enable_trace(node, "stdout"))
+    assert_refused(run, UnknownTraceError, lambda: run.trace_enabled(app, "nosuch"))
+    assert run.trace_enabled(app, "stdout") is False
 
 
 # -- identity ---------------------------------------------------------------------------------------
@@ -414,10 +442,9 @@ def test_an_unsafe_exp_id_is_refused_on_the_embedded_default_too() -> None:
 # -- scheduling RM methods ----------------------------------------------------------------------------
 
 
-def test_scheduling_an_rm_method_with_a_non_json_argument_is_refused(ec: ExperimentController) -> None:
-    g = ec.register_resource("Plain")
-    rm = ec.get_resource(g)
+def test_scheduling_an_rm_method_with_a_non_json_argument_is_refused(run: ExperimentController) -> None:
+    g = run.register_resource("Plain")
+    rm = run.get_resource(g)
     assert callable(rm.echo)
-    assert_refused(ec, ActionError, lambda: ec.schedule("0s", functools.partial(rm.echo, object()), track=True))
-    assert_refused(ec, ActionError, lambda: ec.schedule("0s", functools.partial(rm.echo, value={1, 2})))
-    assert ec.store.pending_ids() == []
+    assert_refused(run, ActionError, lambda: run.schedule("0s", functools.partial(rm.echo, object()), track=True))
+    assert_refused(run, ActionError, lambda: run.schedule("0s", functools.partial(rm.echo, value={1, 2})))
