@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 #: The Celery task that runs one RM action.
 ACTION_TASK = "nepi.action"
+#: Outbox entries are cleared (and the publisher's lease renewed) every this many publishes.
+OUTBOX_CHUNK = 200
 #: Methods that still run once the run is aborted or being released.
 RELEASE_METHODS = frozenset({"release"})
 
@@ -274,9 +276,13 @@ class RunContext:
         offset = self._store.clock_offset
         local_now = self._store.now()
         sent: list[str] = []
+        cleared = 0
         try:
             with self._app.producer_or_acquire() as producer:
                 for aid, payload, due in items:
+                    if from_outbox and len(sent) - cleared >= OUTBOX_CHUNK:
+                        self._store.clear_outbox(sent[cleared:])
+                        cleared = len(sent)
                     eta = None
                     if due - local_now > 0.0005:
                         eta = datetime.datetime.fromtimestamp(due - offset, tz=datetime.UTC)
@@ -295,7 +301,7 @@ class RunContext:
             raise
         finally:
             if from_outbox:
-                self._store.clear_outbox(sent)
+                self._store.clear_outbox(sent[cleared:])
 
     def _transition(self, guid: int, state: ResourceState) -> bool:
         """Change an RM's state and publish what the change woke up."""

@@ -23,6 +23,7 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 ``P:running``             hash   action id -> worker id, while the action runs
 ``P:timers``              zset   actions due beyond the ETA horizon (score = due)
 ``P:outbox``              hash   action id -> payload, decided but maybe not published
+``P:publishing``          string a publisher is emptying the outbox (expires)
 ``P:task:<aid>``          hash   tracked task ``s`` status and ``r`` result
 ``P:events``              stream every state change: ``g`` guid, ``s`` state, ``t`` time
 ``P:alarm``               list   pushed when a critical resource fails
@@ -106,6 +107,10 @@ class Keys:
     @property
     def outbox(self) -> str:
         return self.key("outbox")
+
+    @property
+    def publishing(self) -> str:
+        return self.key("publishing")
 
     def task(self, aid: str) -> str:
         return self.key("task", aid)

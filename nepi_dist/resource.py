@@ -603,10 +603,10 @@ class ResourceRegistry:
             self.register_module(ep.load())
 
     def register_module(self, target: object) -> None:
-        """Register every ResourceManager subclass a module (or class) defines."""
+        """Register every ResourceManager subclass with its own ``_rtype`` that a module defines."""
         members = [target] if isinstance(target, type) else list(vars(target).values())
         for obj in members:
-            if isinstance(obj, type) and issubclass(obj, ResourceManager) and obj is not ResourceManager:
+            if isinstance(obj, type) and issubclass(obj, ResourceManager) and "_rtype" in vars(obj):
                 self.register_type(obj)
 
     def get_resource_type(self, rtype: str) -> type[ResourceManager]:

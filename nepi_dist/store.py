@@ -35,6 +35,9 @@ class FailureLevel:
     EC_FAILURE = 3
 
 
+#: Seconds a publisher's lease on the outbox lasts after its last cleared chunk.
+OUTBOX_LEASE = 10
+
 Payload = dict[str, Any]
 Dispatch = tuple[str, Payload, float]  # (action id, payload, due on the Redis clock)
 
@@ -281,12 +284,17 @@ class Store:
             self.client.zrem(self.keys.pending, *aids)
 
     def clear_outbox(self, aids: Sequence[str]) -> None:
-        """Remove published actions from the outbox."""
+        """Remove published actions from the outbox, renewing the publisher's lease."""
         if aids:
-            self.client.hdel(self.keys.outbox, *aids)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(self.keys.outbox, *aids)
+            pipe.set(self.keys.publishing, 1, ex=OUTBOX_LEASE)
+            pipe.execute()
 
     def stale_outbox(self, older_than: float) -> list[Dispatch]:
         """Return outbox actions decided more than ``older_than`` seconds ago."""
+        if self.client.exists(self.keys.publishing):
+            return []  # a live publisher is still working through the outbox
         entries: dict[str, str] = self.client.hgetall(self.keys.outbox)
         if not entries:
             return []

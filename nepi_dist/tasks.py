@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -50,6 +51,7 @@ class WorkerRuntime:
         self._contexts: dict[tuple[str, str], RunContext] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._on_stop: list[Callable[[], None]] = []
         self._beat()
         self._thread = threading.Thread(target=self._heartbeat, name="nepi-heartbeat", daemon=True)
         self._thread.start()
@@ -65,8 +67,14 @@ class WorkerRuntime:
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when this runtime stops (e.g. to stop a watcher thread)."""
+        self._on_stop.append(callback)
+
     def stop(self) -> None:
         self._stop.set()
+        for callback in self._on_stop:
+            callback()
         with contextlib.suppress(redis.RedisError):
             self.client.delete(worker_key(self.worker_id))
 

@@ -99,3 +99,56 @@ def two_workers(redis_server: EmbeddedRedis) -> Iterator[str]:
 def keys_of(url: str, pattern: str) -> list[str]:
     client = redis.Redis.from_url(url, decode_responses=True)
     return sorted(client.scan_iter(match=pattern))
+
+
+class SSHServer:
+    """A real sshd on 127.0.0.1 with keys generated for the test session."""
+
+    def __init__(self, workdir: Path) -> None:
+        from nepi_dist.embedded import free_port
+
+        self.dir = workdir
+        self.port = free_port()
+        self.identity = str(workdir / "id_ed25519")
+        host_key = workdir / "host_ed25519"
+        for key in (self.identity, str(host_key)):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+        (workdir / "authorized_keys").write_text(Path(self.identity + ".pub").read_text())
+        self.server_key = " ".join(Path(str(host_key) + ".pub").read_text().split()[:2])
+        config = workdir / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+            f"AuthorizedKeysFile {workdir}/authorized_keys\nPidFile {workdir}/sshd.pid\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "Subsystem sftp internal-sftp\nUsePAM no\nStrictModes no\nMaxSessions 200\n"
+            "MaxStartups 100:30:200\nLogLevel ERROR\n"
+        )
+        os.makedirs("/run/sshd", exist_ok=True)
+        sshd = "/usr/sbin/sshd"
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)])
+        import socket
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("sshd did not start") from None
+                time.sleep(0.05)
+        self.username = os.environ.get("USER") or __import__("getpass").getuser()
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
+    """A real sshd on a free high port of 127.0.0.1, for the whole session."""
+    server = SSHServer(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.stop()

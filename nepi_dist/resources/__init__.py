@@ -1,0 +1,1 @@
+"""Resource managers shipped with nepi_dist (registered through entry points)."""

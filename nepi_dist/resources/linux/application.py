@@ -1,0 +1,260 @@
+"""LinuxApplication: a process on a LinuxNode (NEPI's ``linux::Application``).
+
+Deploy prepares ``${HOME}/nepi-exp/<exp_id>/app-<guid>/<run_id>`` (the run
+home): packages from ``depends``, ``sources``/``files``/``libs``/``bins``
+uploaded, ``code`` written, then ``build`` and ``install`` run.  Start runs
+``command`` detached from the worker in its own session; the per-process
+:mod:`watcher <nepi_dist.resources.linux.watcher>` sees it exit and sets
+FINISHED (exit code 0) or FAILED.  Stop kills its process group.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import urllib.request
+from typing import Any
+
+from ...attribute import Attribute, Flags, Types
+from ...errors import UnknownTraceError
+from ...resource import ResourceManager
+from ...state import ResourceState
+from ...trace import Trace, TraceAttr
+from . import watcher
+from .node import LinuxNode
+
+_TRACE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _split(value: str | None, sep: str = ";") -> list[str]:
+    if not value:
+        return []
+    return [v.strip() for v in value.split(sep) if v.strip()]
+
+
+class LinuxApplication(ResourceManager):
+    """A command run on the LinuxNode it is connected to."""
+
+    _rtype = "linux::Application"
+    _help = "Runs an application on a Linux host"
+    _platform = "linux"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        add = cls._register_attribute
+        ro = Flags.ExecReadOnly
+        add(Attribute("command", "Command to execute (bash)", flags=ro))
+        add(Attribute("env", "Environment: space-separated VAR=value pairs", flags=ro))
+        add(Attribute("stdin", "Text given to the command's standard input", flags=ro))
+        add(Attribute("sudo", "Run the command with sudo", type=Types.Bool, default=False, flags=ro))
+        add(Attribute("depends", "Space-separated packages to install on the host", flags=ro))
+        add(Attribute("sources", "';'-separated local paths or http(s) URLs uploaded to ${SRC}", flags=ro))
+        add(Attribute("files", "';'-separated local files uploaded to ${SHARE}", flags=ro))
+        add(Attribute("libs", "';'-separated local files uploaded to ${LIB}", flags=ro))
+        add(Attribute("bins", "';'-separated local files uploaded to ${BIN}", flags=ro))
+        add(Attribute("code", "Program text written to ${APP_HOME}/code", flags=ro))
+        add(Attribute("build", "Build command, run in ${APP_HOME} at deploy", flags=ro))
+        add(Attribute("install", "Install command, run in ${APP_HOME} after build", flags=ro))
+        add(Attribute("tearDown", "Command run at release", flags=ro))
+        add(Attribute("forwardX11", "Forward X11 (not supported)", type=Types.Bool, default=False, flags=ro))
+
+    @classmethod
+    def _register_traces(cls) -> None:
+        for name, help_ in (
+            ("stdout", "Standard output of the command"),
+            ("stderr", "Standard error of the command"),
+            ("deploy_stdout", "Output of the deploy steps (depends, build, install)"),
+            ("deploy_stderr", "Errors of the deploy steps"),
+            ("deploy_exitcode", "Exit code of the last deploy step"),
+            ("exitcode", "Exit code of the command"),
+        ):
+            cls._register_trace(Trace(name, help_))
+
+    # -- where -----------------------------------------------------------------------
+
+    @property
+    def node(self) -> LinuxNode:
+        nodes = [rm for rm in self.get_connected() if isinstance(rm, LinuxNode)]
+        if not nodes:
+            raise RuntimeError(f"application {self.guid} is not connected to a linux::Node")
+        return nodes[0]
+
+    @property
+    def app_home(self) -> str:
+        return f"{self.node.exp_home}/app-{self.guid}"
+
+    @property
+    def run_home(self) -> str:
+        return f"{self.app_home}/{self.ec.run_id}"
+
+    def replace_paths(self, text: str) -> str:
+        """Expand NEPI's path variables in ``text``."""
+        node = self.node
+        for var, value in (
+            ("${USR}", node.usr_dir), ("${LIB}", node.lib_dir), ("${BIN}", node.bin_dir),
+            ("${SRC}", node.src_dir), ("${SHARE}", node.share_dir), ("${EXP}", node.exp_dir),
+            ("${EXP_HOME}", node.exp_home), ("${APP_HOME}", self.app_home),
+            ("${RUN_HOME}", self.run_home), ("${NODE_HOME}", node.node_home), ("${HOME}", node.home_dir),
+        ):
+            text = text.replace(var, value)
+        return text
+
+    @property
+    def pid(self) -> int | None:
+        value = self._got("pid")
+        return None if value is None else int(value)
+
+    @property
+    def exitcode(self) -> int | None:
+        value = self._got("exitcode")
+        return None if value is None else int(value)
+
+    # -- deploy ----------------------------------------------------------------------
+
+    def do_deploy(self) -> None:
+        node = self.node
+        if node.state < ResourceState.READY and self.ec._park_or_delay(
+            {"g": self.guid, "m": "deploy"}, [node.guid], ResourceState.READY, 0.0
+        ):
+            return
+        if self.get("forwardX11"):
+            raise RuntimeError("forwardX11 is not supported by nepi_dist's LinuxApplication")
+        self.discover()
+        self.provision()
+        self.set_ready()
+
+    def do_provision(self) -> None:
+        node = self.node
+        node.execute(f"mkdir -p {shlex.quote(self.run_home)}", check=True)
+        self._upload_all()
+        steps: list[tuple[str, str]] = []
+        depends = (self.get("depends") or "").split()
+        if depends:
+            steps.append(("depends", ""))
+        for name in ("build", "install"):
+            command = self.get(name)
+            if command:
+                steps.append((name, f"cd {shlex.quote(self.app_home)} && {self.replace_paths(command)}"))
+        out, err, code = [], [], 0
+        try:
+            for name, command in steps:
+                result = node.install_packages(depends) if name == "depends" else node.execute(command, timeout=3600)
+                out.append(result.stdout)
+                err.append(result.stderr)
+                code = result.exitcode
+                if code != 0:
+                    raise RuntimeError(f"deploy step {name!r} exited {code}: {result.stderr.strip()[-500:]}")
+        finally:
+            self._write("deploy_stdout", "".join(out))
+            self._write("deploy_stderr", "".join(err))
+            self._write("deploy_exitcode", f"{code}\n")
+        super().do_provision()
+
+    def _write(self, name: str, text: str) -> None:
+        self.node.upload(text.encode(), f"{self.run_home}/{name}")
+
+    def _upload_all(self) -> None:
+        node = self.node
+        for attr, target in (("sources", node.src_dir), ("files", node.share_dir),
+                             ("libs", node.lib_dir), ("bins", node.bin_dir)):
+            for item in _split(self.get(attr)):
+                data, name = self._fetch(item)
+                node.upload(data, f"{target}/{name}", 0o755 if attr == "bins" else 0o644)
+        code = self.get("code")
+        if code:
+            node.upload(self.replace_paths(code).encode(), f"{self.app_home}/code", 0o755)
+        stdin = self.get("stdin")
+        if stdin:
+            node.upload(stdin.encode(), f"{self.run_home}/stdin_data")
+
+    @staticmethod
+    def _fetch(item: str) -> tuple[bytes, str]:
+        if item.startswith(("http://", "https://")):
+            with urllib.request.urlopen(item, timeout=60) as response:
+                data = response.read()
+            name = os.path.basename(item.split("?", 1)[0].rstrip("/")) or "index.html"
+            return data, name
+        with open(os.path.expanduser(item), "rb") as f:
+            return f.read(), os.path.basename(item)
+
+    # -- run -------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {}
+        for pair in shlex.split(self.replace_paths(self.get("env") or "")):
+            key, sep, value = pair.partition("=")
+            if sep:
+                env[key] = value
+        return env
+
+    def do_start(self) -> None:
+        command = self.get("command")
+        if not command:
+            self.set_started()
+            self.set_stopped()
+            return
+        node = self.node
+        stdin = f"{self.run_home}/stdin_data" if self.get("stdin") else None
+        pid = node.run_detached(self.replace_paths(command), self.run_home, stdin=stdin,
+                                env=self._env(), sudo=bool(self.get("sudo")))
+        self._put(pid=pid)
+        self.set_started()
+        watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid)
+
+    def do_stop(self) -> None:
+        pid = self.pid
+        if pid is not None:
+            self._put(stopping=True)
+            self.node.kill_group(pid, sudo=bool(self.get("sudo")))
+        self.set_stopped()
+
+    def on_exit(self, exitcode: int | None) -> None:
+        """Called by the watcher when the command's session ended."""
+        if self.state != ResourceState.STARTED or self._got("stopping"):
+            return
+        if exitcode is None:
+            self.fail("the command was killed before it could record its exit code")
+            return
+        self._put(exitcode=exitcode)
+        if exitcode == 0:
+            self.set_finished()
+        else:
+            tail = self.trace("stderr", TraceAttr.ALL) or ""
+            self.fail(f"command exited {exitcode}: {str(tail).strip()[-500:]}")
+
+    def do_release(self) -> None:
+        try:
+            if self.state == ResourceState.STARTED and self.pid is not None:
+                self.node.kill_group(self.pid, sudo=bool(self.get("sudo")))
+            tear_down = self.get("tearDown")
+            if tear_down:
+                self.node.execute(f"cd {shlex.quote(self.app_home)} && {self.replace_paths(tear_down)}",
+                                  timeout=300)
+        finally:
+            self.set_released()
+
+    # -- traces ----------------------------------------------------------------------
+
+    def _trace_declared(self, name: str) -> Trace:
+        if name in self._traces:
+            return self._traces[name]
+        if _TRACE_NAME.match(name) and name not in (".", ".."):
+            return Trace(name, "a file in the run home")
+        raise UnknownTraceError(f"{self._rtype} has no trace {name!r}")
+
+    def trace(self, name: str, attr: str = TraceAttr.ALL, block: int = 512, offset: int = 0) -> Any:
+        """Return a file of the run home: all of it, a block, its path or its size."""
+        self._trace_declared(name)
+        path = f"{self.run_home}/{name}"
+        node = self.node
+        if attr == TraceAttr.PATH:
+            return path
+        try:
+            if attr == TraceAttr.SIZE:
+                return node.file_size(path)
+            if attr == TraceAttr.STREAM:
+                return node.download(path, block * offset, block).decode(errors="replace")
+            return node.download(path).decode(errors="replace")
+        except FileNotFoundError:
+            return None if attr != TraceAttr.SIZE else 0

@@ -1,0 +1,237 @@
+"""LinuxNode: a host reached locally or over SSH (NEPI's ``linux::Node``)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ...attribute import Attribute, Flags, Types
+from ...resource import ResourceManager, failtrap
+from ...state import ResourceState
+from .shell import HostSpec, Result, Shell, shell_for
+
+
+class LinuxNode(ResourceManager):
+    """A Linux host.  ``localhost`` runs commands locally, any other host over SSH.
+
+    Keeps ``${HOME}/nepi-usr/{lib,bin,src,share}`` and
+    ``${HOME}/nepi-exp/<exp_id>/`` on the host.  It is released only after
+    every RM connected to it is released.
+    """
+
+    _rtype = "linux::Node"
+    _help = "Controls a Linux host reached locally or over SSH"
+    _platform = "linux"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        add = cls._register_attribute
+        add(Attribute("hostname", "Host name or address; 'localhost' runs locally",
+                      default="localhost", flags=Flags.ExecReadOnly))
+        add(Attribute("username", "SSH user", flags=Flags.ExecReadOnly))
+        add(Attribute("port", "SSH port", type=Types.Integer, default=22, range=(1, 65535),
+                      flags=Flags.ExecReadOnly))
+        add(Attribute("identity", "SSH private key file", flags=Flags.ExecReadOnly | Flags.Credential))
+        add(Attribute("serverKey", "The host's public key ('type base64'); unknown hosts accepted when empty",
+                      flags=Flags.ExecReadOnly))
+        add(Attribute("gateway", "SSH gateway host (one hop)", flags=Flags.ExecReadOnly))
+        add(Attribute("gatewayUser", "SSH gateway user", flags=Flags.ExecReadOnly))
+        add(Attribute("connectTimeout", "Seconds to reach the host before failing", type=Types.Double,
+                      default=10.0, range=(0.1, 600), flags=Flags.ExecReadOnly))
+        add(Attribute("cleanHome", "Remove ${HOME}/nepi-* on deploy", type=Types.Bool, default=False,
+                      flags=Flags.ExecReadOnly))
+        add(Attribute("cleanExperiment", "Remove the experiment's folder on deploy", type=Types.Bool,
+                      default=False, flags=Flags.ExecReadOnly))
+        add(Attribute("cleanProcesses", "Kill the user's processes on deploy and release", type=Types.Bool,
+                      default=False, flags=Flags.ExecReadOnly))
+        add(Attribute("tearDown", "Command run on the host at release", flags=Flags.ExecReadOnly))
+
+    # -- where and how ---------------------------------------------------------------
+
+    def host_spec(self) -> HostSpec:
+        return HostSpec(
+            hostname=self.get("hostname"),
+            username=self.get("username"),
+            port=self.get("port"),
+            identity=self.get("identity"),
+            gateway=self.get("gateway"),
+            gateway_user=self.get("gatewayUser"),
+            server_key=self.get("serverKey"),
+            connect_timeout=self.get("connectTimeout"),
+        )
+
+    @property
+    def shell(self) -> Shell:
+        return shell_for(self.host_spec())
+
+    @property
+    def home_dir(self) -> str:
+        home = self._got("home")
+        if home is None:
+            home = self.execute("printf %s \"$HOME\"", check=True).stdout
+            self._put(home=home)
+        return str(home)
+
+    @property
+    def usr_dir(self) -> str:
+        return f"{self.home_dir}/nepi-usr"
+
+    @property
+    def lib_dir(self) -> str:
+        return f"{self.usr_dir}/lib"
+
+    @property
+    def bin_dir(self) -> str:
+        return f"{self.usr_dir}/bin"
+
+    @property
+    def src_dir(self) -> str:
+        return f"{self.usr_dir}/src"
+
+    @property
+    def share_dir(self) -> str:
+        return f"{self.usr_dir}/share"
+
+    @property
+    def exp_dir(self) -> str:
+        return f"{self.home_dir}/nepi-exp"
+
+    @property
+    def exp_home(self) -> str:
+        return f"{self.exp_dir}/{self.ec.exp_id}"
+
+    @property
+    def node_home(self) -> str:
+        return f"{self.exp_home}/node-{self.guid}"
+
+    @property
+    def os(self) -> str | None:
+        value = self._got("os")
+        return None if value is None else str(value)
+
+    # -- commands --------------------------------------------------------------------
+
+    def execute(self, command: str, stdin: bytes | None = None, timeout: float | None = None,
+                check: bool = False) -> Result:
+        """Run ``command`` on the host to completion."""
+        result = self.shell.run(command, stdin=stdin, timeout=timeout)
+        if check and result.exitcode != 0:
+            raise RuntimeError(f"{command!r} exited {result.exitcode}: {result.stderr.strip()[-500:]}")
+        return result
+
+    def run_detached(self, command: str, home: str, stdin: str | None = None,
+                     env: dict[str, str] | None = None, sudo: bool = False) -> int:
+        """Start ``command`` in ``home`` detached from the worker, in its own session.
+
+        stdout/stderr go to ``home/stdout`` and ``home/stderr``; when it ends,
+        its exit code is written to ``home/exitcode``.  Returns the pid of the
+        session leader (= its process group).
+        """
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
+        inner = f"{exports}{command}"
+        run = f"sudo -E bash -c {shlex.quote(inner)}" if sudo else f"bash -c {shlex.quote(inner)}"
+        src = shlex.quote(stdin) if stdin else "/dev/null"
+        wrapper = (
+            f"cd {shlex.quote(home)} || exit 1; "
+            f"{run} < {src} > stdout 2> stderr; "
+            "echo $? > exitcode.tmp; mv exitcode.tmp exitcode"
+        )
+        launch = (
+            f"cd {shlex.quote(home)} || exit 1; rm -f exitcode; "
+            f"setsid nohup bash -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & echo $! > .pid; cat .pid"
+        )
+        out = self.execute(launch, check=True).stdout.strip()
+        return int(out.splitlines()[-1])
+
+    def kill_group(self, pid: int, sudo: bool = False) -> None:
+        """Terminate the process group led by ``pid`` (then kill what is left)."""
+        prefix = "sudo " if sudo else ""
+        self.execute(
+            f"{prefix}kill -TERM -- -{pid} 2>/dev/null; sleep 0.2; {prefix}kill -KILL -- -{pid} 2>/dev/null; true"
+        )
+
+    def upload(self, data: bytes, path: str, mode: int = 0o644) -> None:
+        self.shell.write(path, data, mode)
+
+    def download(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        return self.shell.read(path, offset, size)
+
+    def file_size(self, path: str) -> int:
+        return self.shell.size(path)
+
+    def install_packages(self, packages: list[str]) -> Result:
+        """Install packages with the host's package manager (apt-get or dnf)."""
+        if not packages:
+            return Result("", "", 0)
+        names = " ".join(shlex.quote(p) for p in packages)
+        sudo = "" if self.execute("id -u").stdout.strip() == "0" else "sudo -n "
+        command = (
+            f"if command -v apt-get >/dev/null; then "
+            f"  {sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {names} || "
+            f"  ({sudo}apt-get update -q && {sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {names}); "
+            f"elif command -v dnf >/dev/null; then {sudo}dnf install -y {names}; "
+            f"else echo 'no apt-get or dnf on this host' >&2; exit 100; fi"
+        )
+        return self.execute(command, timeout=1800)
+
+    def missing_commands(self, commands: list[str]) -> list[str]:
+        """Return which of ``commands`` are not on the host's PATH."""
+        if not commands:
+            return []
+        probe = " ".join(shlex.quote(c) for c in commands)
+        out = self.execute(f"for c in {probe}; do command -v \"$c\" >/dev/null || echo \"$c\"; done").stdout
+        return out.split()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def do_discover(self) -> None:
+        os_name = self.execute(". /etc/os-release 2>/dev/null; printf %s \"${ID:-linux}\"", check=True).stdout
+        self._put(os=os_name or "linux")
+        super().do_discover()
+
+    def do_provision(self) -> None:
+        home = self.home_dir
+        commands = []
+        if self.get("cleanHome"):
+            commands.append(f"rm -rf {shlex.quote(home)}/nepi-exp {shlex.quote(home)}/nepi-usr")
+        elif self.get("cleanExperiment"):
+            commands.append(f"rm -rf {shlex.quote(self.exp_home)}")
+        if self.get("cleanProcesses"):
+            commands.append(self._kill_user_processes())
+        dirs = " ".join(shlex.quote(d) for d in (self.lib_dir, self.bin_dir, self.src_dir,
+                                                  self.share_dir, self.node_home))
+        commands.append(f"mkdir -p {dirs}")
+        self.execute(" ; ".join(commands), check=True)
+        super().do_provision()
+
+    def _kill_user_processes(self) -> str:
+        return "pkill -KILL -u \"$(id -u)\" -f 'nepi-exp/' 2>/dev/null; true"
+
+    @failtrap
+    def do_deploy(self) -> None:
+        if self.state < ResourceState.DISCOVERED:
+            self.discover()
+        if self.state < ResourceState.PROVISIONED:
+            self.provision()
+        self.set_ready()
+
+    def do_start(self) -> None:
+        self.set_started()
+
+    def do_release(self) -> None:
+        connected = sorted(self.connections)
+        if connected and self._wait_released(connected):
+            return
+        try:
+            tear_down = self.get("tearDown")
+            if tear_down:
+                self.execute(tear_down, timeout=300)
+            if self.get("cleanProcesses"):
+                self.execute(self._kill_user_processes())
+        finally:
+            self.set_released()
+
+    def _wait_released(self, guids: list[int]) -> bool:
+        """Park this release until every guid is RELEASED; True when it parked."""
+        payload: dict[str, Any] = {"g": self.guid, "m": "release"}
+        return self.ec._park_or_delay(payload, guids, ResourceState.RELEASED, 0.0)

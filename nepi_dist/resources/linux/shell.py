@@ -1,0 +1,213 @@
+"""How a worker reaches a Linux host: a local shell, or SSH with reused connections.
+
+Both kinds offer the same few operations: run a command to completion, write
+and read files (by byte range), and the size of a file.  A host is named by a
+:class:`HostSpec`; :func:`shell_for` returns the shell of this worker process
+for it, reusing one SSH connection per host and process.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import shlex
+import subprocess
+import threading
+from typing import Protocol
+
+from ...errors import NepiError
+
+#: Concurrent SSH channels per connection (sshd's default MaxSessions is 10).
+MAX_CHANNELS = 8
+
+
+class HostUnreachableError(NepiError, ConnectionError):
+    """Raised when a host cannot be reached over SSH within the connect timeout."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSpec:
+    """Where a node is and how to log in."""
+
+    hostname: str
+    username: str | None = None
+    port: int = 22
+    identity: str | None = None
+    gateway: str | None = None
+    gateway_user: str | None = None
+    server_key: str | None = None
+    connect_timeout: float = 10.0
+
+    @property
+    def local(self) -> bool:
+        return self.hostname in ("localhost", "127.0.0.1", "::1") and self.port == 22 and not self.username
+
+
+@dataclasses.dataclass
+class Result:
+    """What a command printed and how it ended."""
+
+    stdout: str
+    stderr: str
+    exitcode: int
+
+
+class Shell(Protocol):
+    def run(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Result: ...
+
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
+
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes: ...
+
+    def size(self, path: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class LocalShell:
+    """Runs commands on the worker's own host."""
+
+    def run(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Result:
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            check=False,
+        )
+        return Result(proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"), proc.returncode)
+
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def close(self) -> None:
+        pass
+
+
+class SSHShell:
+    """Runs commands on a remote host over one reused SSH connection (paramiko)."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        import paramiko
+
+        self.spec = spec
+        # sshd allows 10 sessions per connection by default (MaxSessions): stay below it.
+        self._slots = threading.BoundedSemaphore(MAX_CHANNELS)
+        try:
+            sock = None
+            if spec.gateway:
+                hop = paramiko.SSHClient()
+                hop.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+                hop.connect(
+                    spec.gateway, username=spec.gateway_user or spec.username, key_filename=spec.identity,
+                    timeout=spec.connect_timeout, banner_timeout=spec.connect_timeout,
+                    auth_timeout=spec.connect_timeout, allow_agent=False, look_for_keys=spec.identity is None,
+                )
+                self._hop: paramiko.SSHClient | None = hop
+                transport = hop.get_transport()
+                assert transport is not None
+                sock = transport.open_channel("direct-tcpip", (spec.hostname, spec.port), ("127.0.0.1", 0))
+            else:
+                self._hop = None
+            client = paramiko.SSHClient()
+            if spec.server_key:
+                keytype, data = spec.server_key.split()[:2]
+                client.get_host_keys().add(
+                    f"[{spec.hostname}]:{spec.port}" if spec.port != 22 else spec.hostname,
+                    keytype,
+                    paramiko.PKey.from_type_string(keytype, base64.b64decode(data)),
+                )
+                client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            else:
+                client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            client.connect(
+                spec.hostname, port=spec.port, username=spec.username, key_filename=spec.identity,
+                timeout=spec.connect_timeout, banner_timeout=spec.connect_timeout,
+                auth_timeout=spec.connect_timeout, allow_agent=False, look_for_keys=spec.identity is None,
+                sock=sock,
+            )
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostUnreachableError(
+                f"ssh {spec.username or ''}@{spec.hostname}:{spec.port}: {type(exc).__name__}: {exc}"
+            ) from None
+        self._client = client
+
+    def run(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Result:
+        out, err, code = self._raw(command, stdin, timeout)
+        return Result(out.decode(errors="replace"), err.decode(errors="replace"), code)
+
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        q = shlex.quote(path)
+        result = self.run(f"mkdir -p {shlex.quote(os.path.dirname(path) or '.')} && cat > {q} && chmod {mode:o} {q}",
+                          stdin=data)
+        if result.exitcode != 0:
+            raise OSError(f"cannot write {path} on {self.spec.hostname}: {result.stderr.strip()}")
+
+    def _raw(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> tuple[bytes, bytes, int]:
+        with self._slots:
+            chan_in, chan_out, chan_err = self._client.exec_command(f"bash -c {shlex.quote(command)}", timeout=timeout)
+            if stdin is not None:
+                chan_in.write(stdin)
+            chan_in.channel.shutdown_write()
+            out, err = chan_out.read(), chan_err.read()
+            return out, err, chan_out.channel.recv_exit_status()
+
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        q = shlex.quote(path)
+        command = f"test -f {q} || exit 44; tail -c +{offset + 1} {q}"
+        if size >= 0:
+            command += f" | head -c {size}"
+        out, err, code = self._raw(command)
+        if code == 44:
+            raise FileNotFoundError(path)
+        if code != 0:
+            raise OSError(f"cannot read {path} on {self.spec.hostname}: {err.decode(errors='replace').strip()}")
+        return out
+
+    def size(self, path: str) -> int:
+        result = self.run(f"stat -c %s {shlex.quote(path)}")
+        if result.exitcode != 0:
+            raise FileNotFoundError(path)
+        return int(result.stdout.strip())
+
+    def close(self) -> None:
+        self._client.close()
+        if self._hop is not None:
+            self._hop.close()
+
+
+_SHELLS: dict[HostSpec, Shell] = {}
+_SHELLS_LOCK = threading.Lock()
+
+
+def shell_for(spec: HostSpec) -> Shell:
+    """Return this process's shell for ``spec`` (one SSH connection per host, reused)."""
+    if spec.local:
+        return LocalShell()
+    with _SHELLS_LOCK:
+        shell = _SHELLS.get(spec)
+        if shell is not None and _alive(shell):
+            return shell
+        shell = SSHShell(spec)
+        _SHELLS[spec] = shell
+        return shell
+
+
+def _alive(shell: Shell) -> bool:
+    if isinstance(shell, SSHShell):
+        transport = shell._client.get_transport()
+        return transport is not None and transport.is_active()
+    return True

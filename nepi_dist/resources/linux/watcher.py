@@ -1,0 +1,214 @@
+"""Watches running applications and reports their exit, one thread per worker process.
+
+Local processes are watched with a pidfd each (the kernel wakes the thread when
+the process ends: no polling).  Processes on SSH hosts are checked with one
+command per host every half second over the reused connection, whatever the
+number of applications on that host.  Either way the RM hears of the exit
+within a second, through :meth:`LinuxApplication.on_exit`.
+
+Every watched application is also recorded in Redis (``nepi:watch``, see
+:mod:`nepi_dist.keys`) with the id of the worker watching it.  A worker
+adopts entries whose watcher's heartbeat expired, so an application keeps
+being watched when the worker that started it is restarted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shlex
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from ...keys import WATCH_KEY, worker_key
+from .shell import HostSpec, shell_for
+
+if TYPE_CHECKING:
+    from ...context import RunContext
+
+log = logging.getLogger("nepi_dist.watcher")
+
+SSH_CHECK_EVERY = 0.5
+ADOPT_EVERY = 3.0
+
+
+@dataclass
+class Watched:
+    exp_id: str
+    run_id: str
+    guid: int
+    host: dict[str, Any]
+    home: str
+    pid: int
+    machine: str
+
+    @property
+    def field(self) -> str:
+        return f"{self.exp_id}|{self.run_id}|{self.guid}"
+
+    @property
+    def spec(self) -> HostSpec:
+        return HostSpec(**self.host)
+
+
+class Watcher:
+    """The watcher thread of one worker process."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        from ...tasks import runtime_of
+
+        self._app = ctx.app
+        self._runtime = runtime_of(ctx.app)
+        self._client: redis.Redis = self._runtime.client
+        self._lock = threading.Lock()
+        self._local: dict[int, Watched] = {}  # pidfd -> entry
+        self._remote: dict[str, Watched] = {}  # field -> entry
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopped = threading.Event()
+        self._runtime.on_stop(self.stop)
+        self._thread = threading.Thread(target=self._loop, name="nepi-watcher", daemon=True)
+        self._thread.start()
+
+    def add(self, entry: Watched) -> None:
+        record = dict(asdict(entry), holder=self._runtime.worker_id)
+        self._client.hset(WATCH_KEY, entry.field, json.dumps(record))
+        self._track(entry)
+
+    def _track(self, entry: Watched) -> None:
+        if entry.spec.local:
+            try:
+                fd = os.pidfd_open(entry.pid)
+            except ProcessLookupError:
+                self._report(entry)
+                return
+            with self._lock:
+                self._local[fd] = entry
+            os.write(self._wake_w, b"x")
+        else:
+            with self._lock:
+                self._remote[entry.field] = entry
+
+    def _report(self, entry: Watched) -> None:
+        """The entry's process ended: read its exit code and tell its RM."""
+        try:
+            ctx = self._runtime.context(entry.exp_id, entry.run_id)
+            rm = ctx.get_resource(entry.guid)
+            shell = shell_for(entry.spec)
+            result = shell.run(f"cat {shlex.quote(entry.home)}/exitcode 2>/dev/null")
+            code = int(result.stdout.strip()) if result.stdout.strip().lstrip("-").isdigit() else None
+            rm.on_exit(code)  # type: ignore[attr-defined]
+        except Exception:  # the loop boundary: record and go on watching the others
+            log.exception("could not report the exit of guid %s", entry.guid)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                self._client.hdel(WATCH_KEY, entry.field)
+
+    def stop(self) -> None:
+        """Stop watching (the worker is stopping); running applications are left alone."""
+        self._stopped.set()
+        os.write(self._wake_w, b"x")
+        self._thread.join(5)
+        with _WATCHERS_LOCK:
+            if _WATCHERS.get(id(self._app)) is self:
+                del _WATCHERS[id(self._app)]
+
+    def _loop(self) -> None:
+        next_remote = next_adopt = time.monotonic()
+        while not self._stopped.is_set():
+            with self._lock:
+                fds = list(self._local)
+            ready, _, _ = select.select([self._wake_r, *fds], [], [], SSH_CHECK_EVERY)
+            if self._stopped.is_set():
+                break
+            for fd in ready:
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                with self._lock:
+                    entry = self._local.pop(fd)
+                os.close(fd)
+                self._report(entry)
+            now = time.monotonic()
+            if now >= next_remote:
+                next_remote = now + SSH_CHECK_EVERY
+                self._check_remote()
+            if now >= next_adopt:
+                next_adopt = now + ADOPT_EVERY
+                self._adopt()
+        with self._lock:
+            for fd in self._local:
+                os.close(fd)
+            self._local.clear()
+
+    def _check_remote(self) -> None:
+        with self._lock:
+            entries = list(self._remote.values())
+        by_host: dict[HostSpec, list[Watched]] = {}
+        for e in entries:
+            by_host.setdefault(e.spec, []).append(e)
+        for spec, group in by_host.items():
+            homes = " ".join(shlex.quote(e.home) for e in group)
+            probe = (
+                f"for d in {homes}; do "
+                "if [ -e \"$d/exitcode\" ] || ! { [ -s \"$d/.pid\" ] && kill -0 \"$(cat \"$d/.pid\")\"; } "
+                "2>/dev/null; then echo \"$d\"; fi; done"
+            )
+            try:
+                ended = set(shell_for(spec).run(probe).stdout.split())
+            except Exception as exc:  # the loop boundary: an unreachable host is retried
+                log.warning("cannot check applications on %s: %s", spec.hostname, exc)
+                continue
+            for e in group:
+                if e.home in ended:
+                    with self._lock:
+                        self._remote.pop(e.field, None)
+                    self._report(e)
+
+    def _adopt(self) -> None:
+        """Take over entries whose watcher died (its heartbeat expired)."""
+        try:
+            entries = self._client.hgetall(WATCH_KEY)
+            if not entries:
+                return
+            records = {f: json.loads(v) for f, v in entries.items()}
+            holders = sorted({r["holder"] for r in records.values()})
+            alive = dict(zip(holders, self._client.mget([worker_key(h) for h in holders]), strict=True))
+            machine = socket.gethostname()
+            for rec in records.values():
+                if alive.get(rec["holder"]) is not None:
+                    continue
+                entry = Watched(**{k: v for k, v in rec.items() if k != "holder"})
+                if entry.spec.local and entry.machine != machine:
+                    continue
+                log.warning("adopting the watch of guid %s from %s", entry.guid, rec["holder"])
+                self.add(entry)
+        except redis.RedisError as exc:
+            log.warning("cannot adopt watches: %s", exc)
+
+
+_WATCHERS: dict[int, Watcher] = {}
+_WATCHERS_LOCK = threading.Lock()
+
+
+def watcher_for(ctx: RunContext) -> Watcher:
+    """Return this process's watcher for ``ctx``'s Celery app (started on first use)."""
+    with _WATCHERS_LOCK:
+        w = _WATCHERS.get(id(ctx.app))
+        if w is None:
+            w = Watcher(ctx)
+            _WATCHERS[id(ctx.app)] = w
+        return w
+
+
+def watch(ctx: RunContext, guid: int, spec: HostSpec, home: str, pid: int) -> None:
+    """Watch the application ``guid`` whose session leader is ``pid``."""
+    entry = Watched(ctx.exp_id, ctx.run_id, guid, asdict(spec), home, pid, socket.gethostname())
+    watcher_for(ctx).add(entry)
