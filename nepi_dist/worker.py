@@ -13,6 +13,8 @@ import importlib
 import logging
 import os
 
+from celery import signals
+
 from .app import create_app
 from .resource import ResourceFactory, ResourceRegistry
 
@@ -41,3 +43,11 @@ def modules_from_env() -> list[str]:
 
 load_resource_types(modules_from_env())
 app = create_app()
+
+
+@signals.worker_ready.connect
+def _start_watching(sender: object = None, **_: object) -> None:
+    """Start adopting applications whose watcher died (e.g. the worker before a restart)."""
+    from .resources.linux.watcher import watcher_for
+
+    watcher_for(app)

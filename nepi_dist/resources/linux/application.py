@@ -199,8 +199,7 @@ class LinuxApplication(ResourceManager):
         pid = node.run_detached(self.replace_paths(command), self.run_home, stdin=stdin,
                                 env=self._env(), sudo=bool(self.get("sudo")))
         self._put(pid=pid)
-        self.set_started()
-        watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid)
+        watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid, self.set_started)
 
     def do_stop(self) -> None:
         pid = self.pid

@@ -23,6 +23,7 @@ import shlex
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ from ...keys import WATCH_KEY, worker_key
 from .shell import HostSpec, shell_for
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from ...context import RunContext
 
 log = logging.getLogger("nepi_dist.watcher")
@@ -62,11 +65,11 @@ class Watched:
 class Watcher:
     """The watcher thread of one worker process."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, app: Celery) -> None:
         from ...tasks import runtime_of
 
-        self._app = ctx.app
-        self._runtime = runtime_of(ctx.app)
+        self._app = app
+        self._runtime = runtime_of(app)
         self._client: redis.Redis = self._runtime.client
         self._lock = threading.Lock()
         self._local: dict[int, Watched] = {}  # pidfd -> entry
@@ -77,9 +80,13 @@ class Watcher:
         self._thread = threading.Thread(target=self._loop, name="nepi-watcher", daemon=True)
         self._thread.start()
 
-    def add(self, entry: Watched) -> None:
+    def record(self, entry: Watched) -> None:
+        """Record in Redis that this worker watches ``entry`` (survives this worker)."""
         record = dict(asdict(entry), holder=self._runtime.worker_id)
         self._client.hset(WATCH_KEY, entry.field, json.dumps(record))
+
+    def add(self, entry: Watched) -> None:
+        self.record(entry)
         self._track(entry)
 
     def _track(self, entry: Watched) -> None:
@@ -198,17 +205,25 @@ _WATCHERS: dict[int, Watcher] = {}
 _WATCHERS_LOCK = threading.Lock()
 
 
-def watcher_for(ctx: RunContext) -> Watcher:
-    """Return this process's watcher for ``ctx``'s Celery app (started on first use)."""
+def watcher_for(app: Celery) -> Watcher:
+    """Return this process's watcher for a Celery app (started on first use)."""
     with _WATCHERS_LOCK:
-        w = _WATCHERS.get(id(ctx.app))
+        w = _WATCHERS.get(id(app))
         if w is None:
-            w = Watcher(ctx)
-            _WATCHERS[id(ctx.app)] = w
+            w = Watcher(app)
+            _WATCHERS[id(app)] = w
         return w
 
 
-def watch(ctx: RunContext, guid: int, spec: HostSpec, home: str, pid: int) -> None:
-    """Watch the application ``guid`` whose session leader is ``pid``."""
+def watch(ctx: RunContext, guid: int, spec: HostSpec, home: str, pid: int, started: Callable[[], object]) -> None:
+    """Watch the application ``guid`` whose session leader is ``pid``.
+
+    The watch is recorded in Redis before ``started()`` (the RM's transition to
+    STARTED) and tracked after it, so neither a worker dying in between nor a
+    very short process is missed.
+    """
     entry = Watched(ctx.exp_id, ctx.run_id, guid, asdict(spec), home, pid, socket.gethostname())
-    watcher_for(ctx).add(entry)
+    w = watcher_for(ctx.app)
+    w.record(entry)
+    started()
+    w._track(entry)
