@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/hello.py
+	$(BIN)/python examples/ping_collect.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
@@ -22,6 +22,10 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check nepi_dist tests examples
 	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

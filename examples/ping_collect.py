@@ -1,0 +1,58 @@
+"""`make run`: pings between local addresses, their outputs gathered by a Collector.
+
+A linux::Node on localhost runs three linux::Ping applications (to 127.0.0.1,
+127.0.0.2 and 127.0.0.3, all on this machine's loopback), the third starting one
+second after the first finished.  A Collector pulls every ping's stdout into
+./results/<exp_id>/<run_id>/ when the run is released.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from nepi_dist import ExperimentController, ResourceAction, ResourceState, ResourceState2str
+
+
+def main() -> int:
+    began = time.monotonic()
+    ec = ExperimentController(exp_id="ping-collect")
+    print(f"run {ec.exp_id}/{ec.run_id} (Redis {ec.redis_url})")
+    node = ec.register_resource("linux::Node")
+    pings = []
+    for target in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        ping = ec.register_resource("linux::Ping")
+        ec.set(ping, "target", target)
+        ec.set(ping, "count", 3)
+        ec.set(ping, "interval", 0.2)
+        ec.register_connection(ping, node)
+        pings.append(ping)
+    ec.register_condition(pings[2], ResourceAction.START, pings[0], ResourceState.FINISHED, "1s")
+    collector = ec.register_resource("Collector")
+    ec.set(collector, "traceName", "stdout")
+    ec.set(collector, "resultsDir", os.path.abspath("results"))
+    for ping in pings:
+        ec.register_connection(collector, ping)
+
+    ec.deploy()
+    ec.wait_finished(pings, timeout=120)
+    first = ec.get_resource(pings[0]).start_time or 0.0
+    for ping in pings:
+        rm = ec.get_resource(ping)
+        summary = (ec.trace(ping, "stdout") or "").strip().splitlines()[-2:]
+        print(f"  ping {ec.get(ping, 'target')}: {ResourceState2str[ec.state(ping)]}, "
+              f"started +{(rm.start_time or first) - first:.3f}s; {' | '.join(summary)}")
+    gap = ec.get_resource(pings[2]).start_time - ec.get_resource(pings[0]).finish_time
+    print(f"third ping started {gap:.3f}s after the first finished (condition: 1s)")
+    ec.shutdown()
+    results = os.path.join(os.path.abspath("results"), ec.exp_id, ec.run_id)
+    files = sorted(os.listdir(results)) if os.path.isdir(results) else []
+    print(f"results in {results}: {', '.join(files)}")
+    print(f"done in {time.monotonic() - began:.2f}s, failure level {ec.failure_level}")
+    ok = all(ec.state(p) == ResourceState.RELEASED for p in pings) and len(files) == len(pings)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
