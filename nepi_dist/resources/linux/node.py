@@ -6,7 +6,7 @@ import shlex
 from typing import Any
 
 from ...attribute import Attribute, Flags, Types
-from ...resource import ResourceManager, failtrap
+from ...resource import ResourceManager
 from ...state import ResourceState
 from .shell import HostSpec, Result, Shell, shell_for
 
@@ -206,14 +206,6 @@ class LinuxNode(ResourceManager):
 
     def _kill_user_processes(self) -> str:
         return "pkill -KILL -u \"$(id -u)\" -f 'nepi-exp/' 2>/dev/null; true"
-
-    @failtrap
-    def do_deploy(self) -> None:
-        if self.state < ResourceState.DISCOVERED:
-            self.discover()
-        if self.state < ResourceState.PROVISIONED:
-            self.provision()
-        self.set_ready()
 
     def do_start(self) -> None:
         self.set_started()

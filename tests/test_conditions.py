@@ -1,0 +1,225 @@
+"""Conditions on deploy, start, stop and set (NEPI's test_*_with_condition).
+
+Every timestamp compared here is a Redis-clock float read from the RM
+(``start_time``, ``ready_time``, ...), so the comparisons do not depend on
+which process or thread recorded them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nepi_dist import (
+    Attribute,
+    ExperimentController,
+    FailureLevel,
+    ResourceAction,
+    ResourceFactory,
+    ResourceState,
+    Types,
+    WaitTimeoutError,
+)
+
+from .rms import Plain
+
+
+class ConditionsSlowDeploy(Plain):
+    """Deploys only after rescheduling its deploy ``rounds`` times, 0.2 s apart."""
+
+    _rtype = "ConditionsSlowDeploy"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        cls._register_attribute(Attribute("rounds", "Deploy reschedules left", type=Types.Integer, default=3))
+
+    def do_deploy(self) -> None:
+        left = self.get("rounds")
+        if left > 0:
+            self.set("rounds", left - 1)
+            self.ec.schedule("0.2s", self.deploy)
+        else:
+            super().do_deploy()
+
+
+class ConditionsAnnounce(Plain):
+    """A Plain that stops itself when its ``label`` is set while STARTED.
+
+    The stop is an event on the run's stream, so a test can wait for the set
+    with ``ec.wait_finished`` and read when it happened from ``stop_time``.
+    """
+
+    _rtype = "ConditionsAnnounce"
+
+    def set(self, name: str, value: Any) -> Any:
+        result = super().set(name, value)
+        if name == "label" and self.state == ResourceState.STARTED:
+            self.set_stopped()
+        return result
+
+
+ResourceFactory.register_type(ConditionsSlowDeploy)
+ResourceFactory.register_type(ConditionsAnnounce)
+
+
+def plain(ec: ExperimentController, runtime: float = 0.0, rtype: str = "Plain") -> int:
+    guid = ec.register_resource(rtype)
+    ec.set(guid, "runtime", runtime)
+    return guid
+
+
+def test_a_start_condition_with_a_delay_starts_the_rm_that_long_after_the_other_started(
+    ec: ExperimentController,
+) -> None:
+    app1 = plain(ec)
+    app2 = plain(ec)
+    ec.register_condition(app2, ResourceAction.START, app1, ResourceState.STARTED, "2s")
+    ec.deploy()
+    ec.wait_finished([app1, app2], timeout=20)
+    assert ec.state(app1) == ResourceState.FINISHED
+    assert ec.state(app2) == ResourceState.FINISHED
+    delta = ec.get_resource(app2).start_time - ec.get_resource(app1).start_time
+    assert 2.0 <= delta < 2.1, delta
+
+
+def test_a_stop_condition_stops_the_rm_about_1s_after_the_other_started_while_that_one_keeps_running(
+    ec: ExperimentController,
+) -> None:
+    a = ec.register_resource("Forever")
+    b = ec.register_resource("Forever")
+    ec.register_condition(b, ResourceAction.STOP, a, ResourceState.STARTED, "1s")
+    ec.deploy()
+    ec.wait_finished(b, timeout=15)
+    assert ec.state(b) == ResourceState.STOPPED
+    assert ec.state(a) == ResourceState.STARTED
+    rma, rmb = ec.get_resource(a), ec.get_resource(b)
+    delta = rmb.stop_time - rma.start_time
+    assert 1.0 <= delta < 1.25, delta
+    assert rma.stop_time is None and rma.finish_time is None
+    ec.release()
+    assert ec.state(a) == ResourceState.RELEASED
+    assert ec.state(b) == ResourceState.RELEASED
+
+
+def test_a_start_condition_on_finished_starts_the_rm_only_after_the_other_finished(
+    ec: ExperimentController,
+) -> None:
+    app1 = plain(ec, runtime=0.5)
+    app2 = plain(ec)
+    ec.register_condition(app2, ResourceAction.START, app1, ResourceState.FINISHED)
+    ec.deploy()
+    ec.wait_finished([app1, app2], timeout=15)
+    assert ec.state(app1) == ResourceState.FINISHED
+    assert ec.state(app2) == ResourceState.FINISHED
+    rm1, rm2 = ec.get_resource(app1), ec.get_resource(app2)
+    assert rm1.finish_time - rm1.start_time >= 0.5
+    assert rm2.start_time >= rm1.finish_time
+
+
+def test_a_start_condition_on_stopped_waits_for_the_other_rm_to_be_stopped(ec: ExperimentController) -> None:
+    a = ec.register_resource("Forever")
+    b = plain(ec)
+    ec.register_condition(b, ResourceAction.START, a, ResourceState.STOPPED)
+    ec.deploy()
+    ec.wait_started(a, timeout=10)
+    ec.wait_deployed(b, timeout=10)
+    assert ec.state(b) == ResourceState.READY
+    ec.stop(a)
+    ec.wait_finished(b, timeout=10)
+    assert ec.state(a) == ResourceState.STOPPED
+    assert ec.state(b) == ResourceState.FINISHED
+    assert ec.get_resource(b).start_time >= ec.get_resource(a).stop_time
+
+
+def test_a_deploy_condition_deploys_the_rm_only_after_the_other_is_ready(ec: ExperimentController) -> None:
+    a = plain(ec, rtype="ConditionsSlowDeploy")
+    b = plain(ec)
+    ec.register_condition(b, ResourceAction.DEPLOY, a, ResourceState.READY)
+    ec.deploy()
+    ec.wait_finished([a, b], timeout=15)
+    rma, rmb = ec.get_resource(a), ec.get_resource(b)
+    assert ec.get(a, "rounds") == 0  # a rescheduled its deploy 3 times
+    assert rmb.discover_time >= rma.ready_time
+    assert rmb.ready_time >= rma.ready_time
+
+
+def test_set_with_conditions_sets_every_target_once_the_condition_holds_and_the_target_is_started(
+    ec: ExperimentController,
+) -> None:
+    src = plain(ec, runtime=30)
+    t1 = plain(ec, runtime=30, rtype="ConditionsAnnounce")
+    t2 = plain(ec, runtime=30, rtype="ConditionsAnnounce")
+    late = plain(ec, runtime=30, rtype="ConditionsAnnounce")
+    targets = [t1, t2, late]
+    ec.register_condition(late, ResourceAction.START, src, ResourceState.STARTED, "2s")
+    ec.set_with_conditions("label", "set!", targets, src, ResourceState.STARTED, "1s")
+    ec.deploy()
+    ec.wait_started([src, t1, t2], timeout=10)
+    assert [ec.get(g, "label") for g in targets] == [None, None, None]
+
+    ec.wait_finished(targets, timeout=15)  # each target stops when its label is set
+    assert [ec.get(g, "label") for g in targets] == ["set!", "set!", "set!"]
+    assert [ec.state(g) for g in targets] == [ResourceState.STOPPED] * 3
+    src_start = ec.get_resource(src).start_time
+    for g in (t1, t2):
+        set_at = ec.get_resource(g).stop_time - src_start
+        assert 1.0 <= set_at < 1.5, set_at
+    rm_late = ec.get_resource(late)
+    assert rm_late.start_time - src_start >= 2.0
+    assert rm_late.stop_time >= rm_late.start_time
+    assert ec.state(src) == ResourceState.STARTED
+
+
+def test_a_condition_on_a_failed_non_critical_rm_is_met(ec: ExperimentController) -> None:
+    a = ec.register_resource("FailingStart")
+    ec.set(a, "critical", False)
+    b = plain(ec)
+    ec.register_condition(b, ResourceAction.START, a, ResourceState.STARTED)
+    ec.deploy()
+    ec.wait_finished([a, b], timeout=10)
+    assert ec.state(a) == ResourceState.FAILED
+    assert ec.state(b) == ResourceState.FINISHED
+    assert not ec.abort
+    assert ec.get_resource(b).start_time >= ec.get_resource(a).failed_time
+
+
+def test_a_condition_on_a_failed_critical_rm_aborts_the_run_and_the_waiting_rm_never_starts(
+    ec: ExperimentController,
+) -> None:
+    """NEPI fails the waiting RM when it next re-checks; here the abort comes first.
+
+    The critical failure and the abort mark are one atomic step, and a worker refuses
+    every action of an aborted run, so the waiting RM's start never runs at all.
+    """
+    first = plain(ec, runtime=30)
+    a = ec.register_resource("FailingStart")
+    b = plain(ec)
+    # a fails 0.3 s after the group starts: by then b waits for a to be STARTED.
+    ec.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, "0.3s")
+    ec.register_condition(b, ResourceAction.START, a, ResourceState.STARTED)
+    ec.deploy()
+    ec.wait_started(b, timeout=10)  # returns on the abort
+    assert ec.state(a) == ResourceState.FAILED
+    assert ec.abort
+    assert ec.failure_level == FailureLevel.RM_FAILURE
+    with pytest.raises(WaitTimeoutError):
+        ec.wait(b, ResourceState.STARTED, timeout=1.5)
+    assert ec.state(b) == ResourceState.READY
+    assert ec.get_resource(b).start_time is None
+
+
+def test_a_met_condition_wakes_the_waiting_rm_at_once_without_polling(ec: ExperimentController) -> None:
+    first = plain(ec)
+    a = plain(ec)
+    b = plain(ec)
+    # a starts 0.35 s after the group starts; b, waiting on a from the group start,
+    # must start right after a, not at the next tick of a 1 s poll.
+    ec.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, "0.35s")
+    ec.register_condition(b, ResourceAction.START, a, ResourceState.STARTED, "0s")
+    ec.deploy()
+    ec.wait_finished([first, a, b], timeout=10)
+    rm_first, rma, rmb = ec.get_resource(first), ec.get_resource(a), ec.get_resource(b)
+    assert rma.start_time - rm_first.start_time >= 0.35
+    delta = rmb.start_time - rma.start_time
+    assert 0.0 <= delta < 0.1, delta
