@@ -324,7 +324,7 @@ class Store:
 
     def finish(self, aid: str, tracked: bool, status: str, result: Any) -> None:
         """Mark an action done, recording status and result when tracked."""
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=False)
         pipe.hdel(self.keys.running, aid)
         if tracked:
             pipe.hset(self.keys.task(aid), mapping={"s": status, "r": json.dumps(result)})

@@ -210,3 +210,61 @@ def test_an_application_is_finished_within_a_second_of_its_exit(ec: ExperimentCo
     rm = ec.get_resource(a)
     lag = rm.finish_time - rm.start_time - 1.0
     assert 0 <= lag < 1.0, f"finished {lag:.3f}s after the process exited"
+
+
+def test_traceroute_reaches_the_loopback_target(ec: ExperimentController) -> None:
+    node = ec.register_resource("linux::Node")
+    tr = ec.register_resource("linux::Traceroute")
+    ec.set(tr, "target", "127.0.0.1")
+    ec.set(tr, "numeric", True)
+    ec.set(tr, "maxHops", 3)
+    ec.register_connection(tr, node)
+    ec.deploy()
+    ec.wait_finished(tr, timeout=60)
+    assert ec.state(tr) == ResourceState.FINISHED, ec.get_resource(tr).error_message
+    assert "127.0.0.1" in ec.trace(tr, "stdout")
+
+
+def test_an_iperf3_client_measures_udp_throughput_against_a_server(ec: ExperimentController) -> None:
+    from nepi_dist.embedded import free_port
+
+    port = free_port()
+    node = ec.register_resource("linux::Node")
+    server = ec.register_resource("linux::UdpTest")
+    ec.set(server, "server", True)
+    ec.set(server, "oneOff", True)
+    ec.set(server, "port", port)
+    client = ec.register_resource("linux::UdpTest")
+    for name, value in dict(target="127.0.0.1", port=port, udp=True, bandwidth="1M", duration=1, json=True).items():
+        ec.set(client, name, value)
+    for g in (server, client):
+        ec.register_connection(g, node)
+    ec.register_condition(client, ResourceAction.START, server, ResourceState.STARTED, "0.5s")
+    ec.deploy()
+    ec.wait_finished([server, client], timeout=60)
+    assert ec.state(client) == ResourceState.FINISHED, ec.trace(client, "stderr")
+    import json
+
+    report = json.loads(ec.trace(client, "stdout"))
+    assert report["end"]["sum"]["bytes"] > 0
+
+
+def test_tcpdump_captures_loopback_packets_into_the_pcap_trace(ec: ExperimentController) -> None:
+    node = ec.register_resource("linux::Node")
+    dump = ec.register_resource("linux::Tcpdump")
+    for name, value in dict(interface="lo", count=4, numeric=True, filter="icmp").items():
+        ec.set(dump, name, value)
+    ping = ec.register_resource("linux::Ping")
+    for name, value in dict(target="127.0.0.1", count=4, interval=0.2).items():
+        ec.set(ping, name, value)
+    for g in (dump, ping):
+        ec.register_connection(g, node)
+    ec.register_condition(ping, ResourceAction.START, dump, ResourceState.STARTED, "1s")
+    ec.deploy()
+    ec.wait_finished([dump, ping], timeout=60)
+    assert ec.state(dump) == ResourceState.FINISHED, ec.trace(dump, "stderr")
+    size = ec.trace(dump, "pcap", TraceAttr.SIZE)
+    assert size > 24  # a pcap header and at least one packet
+    magic = ec.trace(dump, "pcap", TraceAttr.STREAM, block=4, offset=0)
+    assert magic in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"), "a binary trace comes back as pcap bytes"
+    assert len(ec.trace(dump, "pcap", TraceAttr.ALL)) == size

@@ -27,6 +27,14 @@ from .node import LinuxNode
 _TRACE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def _text_or_bytes(data: bytes) -> str | bytes:
+    """Text traces come back as str; binary ones (a pcap) as bytes."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
+
+
 def _split(value: str | None, sep: str = ";") -> list[str]:
     if not value:
         return []
@@ -253,7 +261,7 @@ class LinuxApplication(ResourceManager):
             if attr == TraceAttr.SIZE:
                 return node.file_size(path)
             if attr == TraceAttr.STREAM:
-                return node.download(path, block * offset, block).decode(errors="replace")
-            return node.download(path).decode(errors="replace")
+                return _text_or_bytes(node.download(path, block * offset, block))
+            return _text_or_bytes(node.download(path))
         except FileNotFoundError:
             return None if attr != TraceAttr.SIZE else 0
