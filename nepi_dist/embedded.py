@@ -14,10 +14,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from typing import TYPE_CHECKING, Any
-
-import redis
 
 from .errors import NepiError
 from .routing import POOL_QUEUE
@@ -71,24 +68,31 @@ class EmbeddedRedis:
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", os.path.join(self._dir, "redis.log"),
+            "--loglevel", "notice",
+            "--logfile", "",
         ]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise NepiError(f"embedded redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
-            finally:
-                client.close()
+        # The server says when it is ready on its log (stdout): wait for that line
+        # instead of polling the port, then keep draining the log in the background.
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT)
+        ready = threading.Event()
+        tail: list[bytes] = []
+        thread = threading.Thread(target=self._drain, args=(ready, tail), name="nepi-redis-log", daemon=True)
+        thread.start()
+        if not ready.wait(timeout) or self._proc.poll() is not None:
+            self.stop()
+            log = b"".join(tail[-5:]).decode(errors="replace").strip()
+            raise NepiError(f"embedded redis-server did not start on port {self.port}: {log}")
         return self
+
+    def _drain(self, ready: threading.Event, tail: list[bytes]) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if not ready.is_set():
+                tail.append(line)
+                if b"Ready to accept connections" in line:
+                    ready.set()
+        ready.set()  # the server exited: wake the waiter, which sees poll() is not None
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
