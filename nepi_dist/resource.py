@@ -412,14 +412,21 @@ class ResourceManager:
     def _released(self) -> bool:
         return self.state == ResourceState.RELEASED
 
+    def _overrides(self, name: str) -> bool:
+        """True when this RM's class replaces the default ``name`` method."""
+        return getattr(type(self), name) is not getattr(ResourceManager, name)
+
+    # The default do_* methods only transition, and a transition never changes a
+    # RELEASED RM: the released check (one Redis read) is needed only for overrides.
+
     @failtrap
     def discover(self) -> None:
-        if not self._released():
+        if not self._overrides("do_discover") or not self._released():
             self.do_discover()
 
     @failtrap
     def provision(self) -> None:
-        if not self._released():
+        if not self._overrides("do_provision") or not self._released():
             self.do_provision()
 
     @failtrap
@@ -449,7 +456,7 @@ class ResourceManager:
 
     @failtrap
     def finish(self) -> None:
-        if not self._released():
+        if not self._overrides("do_finish") or not self._released():
             self.do_finish()
 
     def release(self) -> None:
@@ -475,9 +482,10 @@ class ResourceManager:
         self.set_provisioned()
 
     def do_deploy(self) -> None:
-        if self.state < ResourceState.DISCOVERED:
+        state = self.state
+        if state < ResourceState.DISCOVERED:
             self.discover()
-        if self.state < ResourceState.PROVISIONED:
+        if state < ResourceState.PROVISIONED:
             self.provision()
         self.set_ready()
 
