@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ class Watcher:
         self._local: dict[int, Watched] = {}  # pidfd -> entry
         self._remote: dict[str, Watched] = {}  # field -> entry
         self._wake_r, self._wake_w = os.pipe()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nepi-watch-report")
         self._stopped = threading.Event()
         self._runtime.on_stop(self.stop)
         self._thread = threading.Thread(target=self._loop, name="nepi-watcher", daemon=True)
@@ -103,26 +105,42 @@ class Watcher:
             with self._lock:
                 self._remote[entry.field] = entry
 
-    def _report(self, entry: Watched) -> None:
-        """The entry's process ended: read its exit code and tell its RM."""
+    def _report(self, entry: Watched, code: int | str | None = "unknown") -> None:
+        """Tell the RM its process ended, on the report pool (slow reports don't delay others)."""
+        self._pool.submit(self._tell, entry, code)
+
+    def _tell(self, entry: Watched, code: int | str | None) -> None:
         try:
+            if code == "unknown":
+                code = self._exit_code(entry)
             ctx = self._runtime.context(entry.exp_id, entry.run_id)
             rm = ctx.get_resource(entry.guid)
-            shell = shell_for(entry.spec)
-            result = shell.run(f"cat {shlex.quote(entry.home)}/exitcode 2>/dev/null")
-            code = int(result.stdout.strip()) if result.stdout.strip().lstrip("-").isdigit() else None
             rm.on_exit(code)  # type: ignore[attr-defined]
-        except Exception:  # the loop boundary: record and go on watching the others
+        except Exception:  # the pool boundary: record and go on watching the others
             log.exception("could not report the exit of guid %s", entry.guid)
         finally:
             with contextlib.suppress(redis.RedisError):
                 self._client.hdel(WATCH_KEY, entry.field)
+
+    @staticmethod
+    def _exit_code(entry: Watched) -> int | None:
+        path = f"{entry.home}/exitcode"
+        try:
+            if entry.spec.local:
+                with open(path) as f:
+                    text = f.read()
+            else:
+                text = shell_for(entry.spec).run(f"cat {shlex.quote(path)} 2>/dev/null").stdout
+        except FileNotFoundError:
+            return None
+        return _parse_code(text)
 
     def stop(self) -> None:
         """Stop watching (the worker is stopping); running applications are left alone."""
         self._stopped.set()
         os.write(self._wake_w, b"x")
         self._thread.join(5)
+        self._pool.shutdown(wait=True)
         with _WATCHERS_LOCK:
             if _WATCHERS.get(id(self._app)) is self:
                 del _WATCHERS[id(self._app)]
@@ -165,19 +183,21 @@ class Watcher:
             homes = " ".join(shlex.quote(e.home) for e in group)
             probe = (
                 f"for d in {homes}; do "
-                "if [ -e \"$d/exitcode\" ] || ! { [ -s \"$d/.pid\" ] && kill -0 \"$(cat \"$d/.pid\")\"; } "
-                "2>/dev/null; then echo \"$d\"; fi; done"
+                "if [ -e \"$d/exitcode\" ]; then echo \"$d $(cat \"$d/exitcode\")\"; "
+                "elif ! { [ -s \"$d/.pid\" ] && kill -0 \"$(cat \"$d/.pid\")\"; } 2>/dev/null; "
+                "then echo \"$d -\"; fi; done"
             )
             try:
-                ended = set(shell_for(spec).run(probe).stdout.split())
+                lines = shell_for(spec).run(probe).stdout.splitlines()
             except Exception as exc:  # the loop boundary: an unreachable host is retried
                 log.warning("cannot check applications on %s: %s", spec.hostname, exc)
                 continue
+            ended = dict(line.rsplit(" ", 1) for line in lines if " " in line)
             for e in group:
                 if e.home in ended:
                     with self._lock:
                         self._remote.pop(e.field, None)
-                    self._report(e)
+                    self._report(e, _parse_code(ended[e.home]))
 
     def _adopt(self) -> None:
         """Take over entries whose watcher died (its heartbeat expired)."""
@@ -199,6 +219,11 @@ class Watcher:
                 self.add(entry)
         except redis.RedisError as exc:
             log.warning("cannot adopt watches: %s", exc)
+
+
+def _parse_code(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
 
 
 _WATCHERS: dict[int, Watcher] = {}
