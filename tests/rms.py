@@ -126,6 +126,25 @@ class Plain(ResourceManager):
 
 
 @clsinit_copy
+class SlowDeploy(Plain):
+    """Deploys only after rescheduling its deploy ``rounds`` times, 0.2 s apart."""
+
+    _rtype = "SlowDeploy"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        cls._register_attribute(Attribute("rounds", "Deploy reschedules left", type=Types.Integer, default=4))
+
+    def do_deploy(self) -> None:
+        left = self.get("rounds")
+        if left > 0:
+            self.set("rounds", left - 1)
+            self.ec.schedule("0.2s", self.deploy)
+        else:
+            super().do_deploy()
+
+
+@clsinit_copy
 class Forever(ResourceManager):
     """Starts and never finishes by itself."""
 
@@ -148,6 +167,6 @@ class BadRelease(ResourceManager):
         raise RuntimeError("release fails on purpose")
 
 
-TYPES = [Channel, Interface, Node, Application, ErrorApplication, Plain, Forever, FailingStart, BadRelease]
+TYPES = [Channel, Interface, Node, Application, ErrorApplication, Plain, SlowDeploy, Forever, FailingStart, BadRelease]
 for _t in TYPES:
     ResourceFactory.register_type(_t)

@@ -12,35 +12,15 @@ from typing import Any
 import pytest
 
 from nepi_dist import (
-    Attribute,
     ExperimentController,
     FailureLevel,
     ResourceAction,
     ResourceFactory,
     ResourceState,
-    Types,
     WaitTimeoutError,
 )
 
 from .rms import Plain
-
-
-class ConditionsSlowDeploy(Plain):
-    """Deploys only after rescheduling its deploy ``rounds`` times, 0.2 s apart."""
-
-    _rtype = "ConditionsSlowDeploy"
-
-    @classmethod
-    def _register_attributes(cls) -> None:
-        cls._register_attribute(Attribute("rounds", "Deploy reschedules left", type=Types.Integer, default=3))
-
-    def do_deploy(self) -> None:
-        left = self.get("rounds")
-        if left > 0:
-            self.set("rounds", left - 1)
-            self.ec.schedule("0.2s", self.deploy)
-        else:
-            super().do_deploy()
 
 
 class ConditionsAnnounce(Plain):
@@ -59,7 +39,6 @@ class ConditionsAnnounce(Plain):
         return result
 
 
-ResourceFactory.register_type(ConditionsSlowDeploy)
 ResourceFactory.register_type(ConditionsAnnounce)
 
 
@@ -133,7 +112,7 @@ def test_a_start_condition_on_stopped_waits_for_the_other_rm_to_be_stopped(ec: E
 
 
 def test_a_deploy_condition_deploys_the_rm_only_after_the_other_is_ready(ec: ExperimentController) -> None:
-    a = plain(ec, rtype="ConditionsSlowDeploy")
+    a = plain(ec, rtype="SlowDeploy")
     b = plain(ec)
     ec.register_condition(b, ResourceAction.DEPLOY, a, ResourceState.READY)
     ec.deploy()

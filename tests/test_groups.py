@@ -2,30 +2,7 @@
 
 from __future__ import annotations
 
-from nepi_dist import Attribute, ExperimentController, ResourceFactory, ResourceState, Types
-
-from .rms import Plain
-
-
-class GroupsSlowDeploy(Plain):
-    """Deploys only after rescheduling its deploy ``rounds`` times, 0.2 s apart."""
-
-    _rtype = "GroupsSlowDeploy"
-
-    @classmethod
-    def _register_attributes(cls) -> None:
-        cls._register_attribute(Attribute("rounds", "Deploy reschedules left", type=Types.Integer, default=4))
-
-    def do_deploy(self) -> None:
-        left = self.get("rounds")
-        if left > 0:
-            self.set("rounds", left - 1)
-            self.ec.schedule("0.2s", self.deploy)
-        else:
-            super().do_deploy()
-
-
-ResourceFactory.register_type(GroupsSlowDeploy)
+from nepi_dist import ExperimentController, ResourceState
 
 
 def stamps(ec: ExperimentController, guid: int) -> tuple[float | None, ...]:
@@ -36,7 +13,7 @@ def stamps(ec: ExperimentController, guid: int) -> tuple[float | None, ...]:
 def test_with_wait_all_ready_no_rm_of_the_group_starts_before_all_of_it_is_ready(
     ec: ExperimentController,
 ) -> None:
-    slow = ec.register_resource("GroupsSlowDeploy")
+    slow = ec.register_resource("SlowDeploy")
     fast = [ec.register_resource("Plain") for _ in range(3)]
     group = [slow, *fast]
     ec.deploy(wait_all_ready=True)
@@ -48,7 +25,7 @@ def test_with_wait_all_ready_no_rm_of_the_group_starts_before_all_of_it_is_ready
 
 
 def test_without_wait_all_ready_a_fast_rm_starts_before_the_slow_one_is_ready(ec: ExperimentController) -> None:
-    slow = ec.register_resource("GroupsSlowDeploy")
+    slow = ec.register_resource("SlowDeploy")
     fast = ec.register_resource("Plain")
     ec.deploy(wait_all_ready=False)
     ec.wait_finished([slow, fast], timeout=15)
@@ -58,7 +35,7 @@ def test_without_wait_all_ready_a_fast_rm_starts_before_the_slow_one_is_ready(ec
 
 
 def test_two_groups_are_independent(ec: ExperimentController) -> None:
-    slow = ec.register_resource("GroupsSlowDeploy")
+    slow = ec.register_resource("SlowDeploy")
     fast = ec.register_resource("Plain")
     g1 = ec.deploy([slow])
     g2 = ec.deploy([fast])
@@ -90,7 +67,7 @@ def test_a_second_deploy_deploys_only_the_new_rms_and_runs_them_to_finished(ec: 
 
 
 def test_deploy_into_an_existing_group_adds_to_it(ec: ExperimentController) -> None:
-    slow = ec.register_resource("GroupsSlowDeploy")
+    slow = ec.register_resource("SlowDeploy")
     ec.set(slow, "rounds", 5)
     gid = ec.deploy([slow])
     late = ec.register_resource("Plain")
