@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from .routing import POOL_QUEUE
+from .routing import POOL_QUEUE, WORKER_HOST_ENV, host_queue
+from .tasks import QUEUES_ENV
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -15,13 +16,22 @@ def _worker(args: argparse.Namespace) -> int:
     if args.rm_module:
         present = [m for m in os.environ.get("NEPI_DIST_RM_MODULES", "").split(",") if m]
         os.environ["NEPI_DIST_RM_MODULES"] = ",".join(present + args.rm_module)
+    queues = list(args.queues or [])
+    if args.host:
+        os.environ[WORKER_HOST_ENV] = args.host
+        queues.append(host_queue(args.host))
+        if args.pool_queue:
+            queues.append(POOL_QUEUE)
+        args.hostname = args.hostname or f"{args.host}@%h"
+    queues = queues or [POOL_QUEUE]
+    os.environ[QUEUES_ENV] = ",".join(queues)
     from .worker import app
 
     argv = [
         "worker",
         "--pool", args.pool,
         "--concurrency", str(args.concurrency),
-        "--queues", ",".join(args.queues or [POOL_QUEUE]),
+        "--queues", ",".join(queues),
         "--loglevel", args.loglevel,
         "--without-gossip",
         "--without-mingle",
@@ -29,6 +39,28 @@ def _worker(args: argparse.Namespace) -> int:
     if args.hostname:
         argv += ["--hostname", args.hostname]
     app.worker_main(argv)
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    import json
+
+    import redis
+
+    from .app import REDIS_URL_ENV
+    from .keys import worker_pattern
+
+    url = args.redis_url or os.environ.get(REDIS_URL_ENV)
+    if not url:
+        print("nepi-dist workers: give --redis-url or set NEPI_DIST_REDIS_URL", file=sys.stderr)
+        return 2
+    client = redis.Redis.from_url(url, decode_responses=True)
+    keys = sorted(client.scan_iter(match=worker_pattern()))
+    rows = [(k.split(":", 2)[2], json.loads(v)) for k, v in zip(keys, client.mget(keys) if keys else [], strict=True)
+            if v is not None]
+    for worker_id, info in rows:
+        print(f"{worker_id}\thost={info.get('host') or '-'}\tqueues={','.join(info.get('queues') or [])}")
+    print(f"{len(rows)} live worker process(es)")
     return 0
 
 
@@ -43,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--rm-module", action="append", default=[], help="module defining RM types")
     w.add_argument("--hostname", help="Celery node name")
     w.add_argument("--loglevel", default="WARNING")
+    w.add_argument("--host", help="serve this host's queue: RMs on a linux::Node with worker=HOST run here")
+    w.add_argument("--pool-queue", action="store_true", help="with --host, also serve the shared pool queue")
     w.set_defaults(func=_worker)
+    ls = sub.add_parser("workers", help="list the live workers and their queues")
+    ls.add_argument("--redis-url", help="default $NEPI_DIST_REDIS_URL")
+    ls.set_defaults(func=_workers)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

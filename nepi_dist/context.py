@@ -96,6 +96,7 @@ class RunContext:
         self._registry = registry
         self._logger = logger or logging.getLogger("nepi_dist")
         self._rtypes: dict[int, str] = {}
+        self._routes: dict[int, str] = {}
         self._aid_prefix = os.urandom(4).hex()
         self._aids = itertools.count(1)
         self._horizon = float(app.conf.get("nepi_eta_horizon", 60.0))

@@ -1,12 +1,14 @@
 """Which queue an RM action goes to: the one routing rule of nepi_dist.
 
-For now every action goes to the shared pool queue; per-host queues (an RM
-connected to a node served by a host worker runs on that host's queue) plug
-in here.
+An RM runs on the queue of a *host worker* when it is, or is connected to, a
+``linux::Node`` whose ``worker`` attribute names that host: the worker runs
+on the host itself, so its commands run locally, without SSH.  Everything
+else goes to the shared pool queue, whose workers reach hosts over SSH.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,8 +16,39 @@ if TYPE_CHECKING:
 
 #: The queue served by every pool worker.
 POOL_QUEUE = "nepi.pool"
+#: The host a worker process serves (set by ``nepi-dist worker --host``).
+WORKER_HOST_ENV = "NEPI_DIST_WORKER_HOST"
+#: The rtype whose ``worker`` attribute routes its RMs.
+NODE_RTYPE = "linux::Node"
+
+
+def host_queue(host: str) -> str:
+    """Return the queue of the worker serving ``host``."""
+    return f"nepi.host.{host}"
+
+
+def this_worker_host() -> str | None:
+    """Return the host this worker process serves, if it is a host worker."""
+    return os.environ.get(WORKER_HOST_ENV) or None
 
 
 def queue_for(ctx: RunContext, guid: int) -> str:
-    """Return the queue of the worker that must run actions of ``guid``."""
+    """Return the queue of the worker that must run actions of ``guid`` (cached per run)."""
+    cache = ctx._routes
+    queue = cache.get(guid)
+    if queue is None:
+        queue = _route(ctx, guid)
+        cache[guid] = queue
+    return queue
+
+
+def _route(ctx: RunContext, guid: int) -> str:
+    candidates = [guid, *sorted(ctx.store.connections(guid))]
+    for g in candidates:
+        if ctx._rtype(g) == NODE_RTYPE:
+            raw = ctx.store.rm_field(g, "a:worker")
+            if raw is not None and raw != "null":
+                import json
+
+                return host_queue(str(json.loads(raw)))
     return POOL_QUEUE

@@ -24,6 +24,7 @@ import redis
 from .context import ACTION_TASK, RELEASE_METHODS, RunContext, resolve_action
 from .keys import worker_key
 from .resource import ResourceFactory, ResourceRegistry
+from .routing import POOL_QUEUE, this_worker_host
 from .store import Store
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nepi_dist.worker")
 
 HEARTBEAT_TTL = 15
+#: The queues a worker process consumes (set by ``nepi-dist worker``), for its heartbeat.
+QUEUES_ENV = "NEPI_DIST_WORKER_QUEUES"
 HEARTBEAT_EVERY = 5.0
 
 
@@ -52,12 +55,14 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._on_stop: list[Callable[[], None]] = []
+        self.queues = [q for q in os.environ.get(QUEUES_ENV, POOL_QUEUE).split(",") if q]
         self._beat()
         self._thread = threading.Thread(target=self._heartbeat, name="nepi-heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
-        info = {"pid": os.getpid(), "host": socket.gethostname()}
+        info = {"pid": os.getpid(), "machine": socket.gethostname(), "host": this_worker_host(),
+                "queues": self.queues}
         self.client.set(worker_key(self.worker_id), json.dumps(info), ex=HEARTBEAT_TTL)
 
     def _heartbeat(self) -> None:

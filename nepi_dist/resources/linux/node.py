@@ -7,6 +7,7 @@ from typing import Any
 
 from ...attribute import Attribute, Flags, Types
 from ...resource import ResourceManager
+from ...routing import this_worker_host
 from ...state import ResourceState
 from .shell import HostSpec, Result, Shell, shell_for
 
@@ -45,10 +46,16 @@ class LinuxNode(ResourceManager):
         add(Attribute("cleanProcesses", "Kill the user's processes on deploy and release", type=Types.Bool,
                       default=False, flags=Flags.ExecReadOnly))
         add(Attribute("tearDown", "Command run on the host at release", flags=Flags.ExecReadOnly))
+        add(Attribute("worker", "Host worker serving this node (`nepi-dist worker --host NAME`): "
+                      "its RMs run there, locally; empty = the pool, over SSH", flags=Flags.ExecReadOnly))
 
     # -- where and how ---------------------------------------------------------------
 
     def host_spec(self) -> HostSpec:
+        """How to reach the host: locally when this worker is the node's host worker."""
+        worker = self.get("worker")
+        if worker and worker == this_worker_host():
+            return HostSpec(hostname="localhost")
         return HostSpec(
             hostname=self.get("hostname"),
             username=self.get("username"),
