@@ -8,6 +8,7 @@ else goes to the shared pool queue, whose workers reach hosts over SSH.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,5 @@ def _route(ctx: RunContext, guid: int) -> str:
         if ctx._rtype(g) == NODE_RTYPE:
             raw = ctx.store.rm_field(g, "a:worker")
             if raw is not None and raw != "null":
-                import json
-
                 return host_queue(str(json.loads(raw)))
     return POOL_QUEUE
