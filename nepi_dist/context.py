@@ -239,6 +239,17 @@ class RunContext:
         guid, method, args, kwargs = action
         return self._send([(guid, method, args, kwargs)], delay, track)[0]
 
+    def task_id(self, aid: str) -> str:
+        """Return the Celery task id of action ``aid`` (what a revoke names)."""
+        return f"{self.exp_id}.{self.run_id}.{aid}"
+
+    def _drop_pending(self) -> int:
+        """Forget every pending action of the run and revoke its Celery task; return how many."""
+        dropped = self._store.drop_pending()
+        if dropped:
+            self._app.control.revoke([self.task_id(aid) for aid in dropped])
+        return len(dropped)
+
     def _new_aid(self) -> str:
         return f"{self._aid_prefix}{next(self._aids)}"
 
@@ -291,7 +302,7 @@ class RunContext:
                     # Celery's own message format, published straight to the queue:
                     # send_task's routing and signal machinery costs ~40% more per message.
                     message = amqp.create_task_message(
-                        f"{self.exp_id}.{self.run_id}.{aid}",
+                        self.task_id(aid),
                         ACTION_TASK,
                         [self.exp_id, self.run_id, aid, payload],
                         {},

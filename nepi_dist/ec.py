@@ -202,10 +202,7 @@ class ExperimentController(RunContext):
         if everything:
             self._store.mark_dropping()
             self._local.drop_pending()
-            dropped = self._store.drop_pending()
-            if dropped:
-                prefix = f"{self.exp_id}.{self.run_id}."
-                self._app.control.revoke([prefix + aid for aid in dropped])
+            self._drop_pending()
         self._send([(g, "release", [], {}) for g in guids])
         try:
             self.wait_released(guids, timeout=timeout)

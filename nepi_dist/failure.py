@@ -66,14 +66,11 @@ class FailureManager:
         self._aborted = True
         store = self._ctx.store
         level = store.failure_level()
-        dropped = store.drop_pending()
+        dropped = self._ctx._drop_pending()
         self._log.error(
             "critical resource %s failed (failure level %s): aborting, %d pending actions revoked",
-            guid, level, len(dropped),
+            guid, level, dropped,
         )
-        if dropped:
-            prefix = f"{self._ctx.exp_id}.{self._ctx.run_id}."
-            self._ctx.app.control.revoke([prefix + aid for aid in dropped])
 
     def sweep(self) -> None:
         """Publish timers now within the horizon and stale outbox entries."""

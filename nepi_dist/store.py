@@ -360,11 +360,6 @@ class Store:
             items.append((item["aid"], item["p"], float(out[i + 1])))
         return items
 
-    def next_timer(self) -> float | None:
-        """Return the due time of the earliest timer."""
-        first = self.client.zrange(self.keys.timers, 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
-
     def pending_ids(self) -> list[str]:
         """Return every published, unclaimed action id."""
         return list(self.client.zrange(self.keys.pending, 0, -1))
