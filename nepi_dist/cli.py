@@ -20,9 +20,9 @@ def _worker(args: argparse.Namespace) -> int:
     if args.host:
         os.environ[WORKER_HOST_ENV] = args.host
         queues.append(host_queue(args.host))
-        if args.pool_queue:
-            queues.append(POOL_QUEUE)
         args.hostname = args.hostname or f"{args.host}@%h"
+    if args.pool_queue and POOL_QUEUE not in queues:
+        queues.append(POOL_QUEUE)
     queues = queues or [POOL_QUEUE]
     os.environ[QUEUES_ENV] = ",".join(queues)
     from .worker import app
@@ -64,7 +64,8 @@ def _workers(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of the ``nepi-dist`` command (its subcommands carry their function)."""
     parser = argparse.ArgumentParser(prog="nepi-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="run a Celery worker serving nepi_dist actions")
@@ -76,12 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--hostname", help="Celery node name")
     w.add_argument("--loglevel", default="WARNING")
     w.add_argument("--host", help="serve this host's queue: RMs on a linux::Node with worker=HOST run here")
-    w.add_argument("--pool-queue", action="store_true", help="with --host, also serve the shared pool queue")
+    w.add_argument("--pool-queue", action="store_true",
+                   help="also serve the shared pool queue (served anyway without --host or --queues)")
     w.set_defaults(func=_worker)
     ls = sub.add_parser("workers", help="list the live workers and their queues")
     ls.add_argument("--redis-url", help="default $NEPI_DIST_REDIS_URL")
     ls.set_defaults(func=_workers)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

@@ -8,6 +8,7 @@ with the user's API.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
 import itertools
@@ -21,15 +22,18 @@ from .attribute import Flags
 from .errors import (
     ActionError,
     ConditionError,
+    NoWorkerError,
     ReadOnlyAttributeError,
+    RemoteReadError,
     ResourceFailedError,
     UnknownGuidError,
 )
 from .resource import ResourceManager, ResourceRegistry
-from .routing import queue_for
+from .routing import POOL_QUEUE, host_queue, queue_for, this_worker_host
 from .state import ResourceAction, ResourceState, ResourceState2str, state_from
 from .store import Dispatch, FailureLevel, Payload, Store
 from .timefuncs import delay_seconds, due_in
+from .workers import live_queues
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -40,6 +44,12 @@ ACTION_TASK = "nepi.action"
 OUTBOX_CHUNK = 200
 #: Methods that still run once the run is aborted or being released.
 RELEASE_METHODS = frozenset({"release"})
+#: The Celery task that runs one read of an RM on another host's worker.
+READ_TASK = "nepi.read"
+#: RM methods that a read task may run: they change nothing.
+READ_METHODS = frozenset({"trace"})
+#: Seconds a remote read waits for its answer (override: app conf ``nepi_read_timeout``).
+READ_TIMEOUT = 60.0
 
 
 def resolve_action(rm: ResourceManager, name: str) -> Callable[..., Any]:
@@ -100,6 +110,7 @@ class RunContext:
         self._aid_prefix = os.urandom(4).hex()
         self._aids = itertools.count(1)
         self._horizon = float(app.conf.get("nepi_eta_horizon", 60.0))
+        self._read_timeout = float(app.conf.get("nepi_read_timeout", READ_TIMEOUT))
 
     # -- identity --------------------------------------------------------------
 
@@ -224,7 +235,13 @@ class RunContext:
         return self.get_resource(guid).trace_enabled(name)
 
     def trace(self, guid: int, name: str, attr: str = "all", block: int = 512, offset: int = 0) -> Any:
-        return self.get_resource(guid).trace(name, attr, block, offset)
+        """Return trace data, read through the host's worker when only that worker reaches the host."""
+        rm = self.get_resource(guid)
+        queue = self._remote_queue(guid)
+        if queue is None:
+            return rm.trace(name, attr, block, offset)
+        rm._trace_declared(name)  # an unknown trace fails here, before anything is sent
+        return self._read_remote(queue, guid, "trace", [name, attr, block, offset])
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -281,6 +298,25 @@ class RunContext:
             self._dispatch(items, from_outbox=False)
         return [aid for aid, _, _ in items]
 
+    def _publish(
+        self, producer: Any, task: str, task_id: str, args: list[Any], queue: str,
+        eta: datetime.datetime | None = None, expires: float | None = None,
+    ) -> None:
+        """Publish one task message straight to ``queue`` (JSON, Celery's own format).
+
+        ``send_task``'s routing and signal machinery costs ~40% more per message.
+        """
+        message = self._app.amqp.create_task_message(task_id, task, args, {}, eta=eta, expires=expires)
+        producer.publish(
+            message.body,
+            exchange="",
+            routing_key=queue,
+            serializer="json",
+            headers=message.headers,
+            retry=True,
+            **message.properties,
+        )
+
     def _dispatch(self, items: Sequence[Dispatch], from_outbox: bool) -> None:
         """Publish decided actions as Celery tasks, each due at its Redis-clock time."""
         if not items:
@@ -290,7 +326,6 @@ class RunContext:
         sent: list[str] = []
         cleared = 0
         try:
-            amqp = self._app.amqp
             with self._app.producer_or_acquire() as producer:
                 for aid, payload, due in items:
                     if from_outbox and len(sent) - cleared >= OUTBOX_CHUNK:
@@ -299,24 +334,9 @@ class RunContext:
                     eta = None
                     if due - local_now > 0.0005:
                         eta = datetime.datetime.fromtimestamp(due - offset, tz=datetime.UTC)
-                    # Celery's own message format, published straight to the queue:
-                    # send_task's routing and signal machinery costs ~40% more per message.
-                    message = amqp.create_task_message(
-                        self.task_id(aid),
-                        ACTION_TASK,
-                        [self.exp_id, self.run_id, aid, payload],
-                        {},
-                        eta=eta,
-                    )
-                    producer.publish(
-                        message.body,
-                        exchange="",
-                        routing_key=queue_for(self, int(payload["g"])),
-                        serializer="json",
-                        headers=message.headers,
-                        retry=True,
-                        **message.properties,
-                    )
+                    self._publish(producer, ACTION_TASK, self.task_id(aid),
+                                  [self.exp_id, self.run_id, aid, payload],
+                                  queue_for(self, int(payload["g"])), eta=eta)
                     sent.append(aid)
         except Exception:
             if not from_outbox:
@@ -325,6 +345,40 @@ class RunContext:
         finally:
             if from_outbox:
                 self._store.clear_outbox(sent[cleared:])
+
+    # -- reads through another host's worker ---------------------------------------
+
+    def _remote_queue(self, guid: int) -> str | None:
+        """Return the host queue of ``guid`` when only that host's worker can read it, else None."""
+        queue = queue_for(self, guid)
+        if queue == POOL_QUEUE:
+            return None
+        host = this_worker_host()
+        return None if host is not None and queue == host_queue(host) else queue
+
+    def _read_remote(self, queue: str, guid: int, method: str, args: list[Any]) -> Any:
+        """Run the read ``method`` of ``guid`` on the worker serving ``queue``; return its value.
+
+        The controller (or a worker) publishes a read task and blocks on its
+        reply list; no claim, no state change: a read is idempotent.
+        """
+        client = self._store.client
+        if queue not in live_queues(client):
+            raise NoWorkerError(f"no live worker serves {queue}, where guid {guid} runs: "
+                                f"start `nepi-dist worker --host {queue.rsplit('.', 1)[-1]}` on that host")
+        rid = self._new_aid()
+        with self._app.producer_or_acquire() as producer:
+            self._publish(producer, READ_TASK, self.task_id(f"read-{rid}"),
+                          [self.exp_id, self.run_id, rid, {"g": guid, "m": method, "a": args}],
+                          queue, expires=self._read_timeout)
+        got = client.blpop([self._store.keys.reply(rid)], timeout=self._read_timeout)
+        if got is None:
+            raise RemoteReadError(f"{method} of guid {guid}: no answer from {queue} "
+                                  f"within {self._read_timeout:g}s")
+        answer = json.loads(got[1])
+        if "e" in answer:
+            raise RemoteReadError(f"{method} of guid {guid} on {queue}: {answer['e']}")
+        return base64.b64decode(answer["b"]) if "b" in answer else answer["v"]
 
     def _transition(self, guid: int, state: ResourceState) -> bool:
         """Change an RM's state and publish what the change woke up."""

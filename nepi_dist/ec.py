@@ -9,6 +9,7 @@ both at :meth:`shutdown`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,10 +32,12 @@ from .errors import (
 )
 from .failure import FailureManager
 from .resource import ResourceFactory, ResourceRegistry
+from .routing import DEFAULT_WORKER_WAIT, NODE_RTYPE, POOL_QUEUE, WORKER_WAIT, host_node, host_queue, queue_for
 from .scheduler import LocalScheduler, RemoteTask, Task
 from .state import ResourceAction, ResourceState
 from .store import FailureLevel, Store
 from .timefuncs import due_in, format_date
+from .workers import live_queues
 
 NTHREADS_ENV = "NEPI_NTHREADS"
 DEFAULT_NTHREADS = 50
@@ -192,7 +195,54 @@ class ExperimentController(RunContext):
         calls += [(g, "start_with_conditions", [], {}) for g in starts]
         calls += [(g, "stop_with_conditions", [], {}) for g in stop_guids]
         self._send(calls)
+        self._expect_workers(guids)
         return gid
+
+    def _unserved(self, guids: list[int]) -> list[int]:
+        """Return the guids whose queue no live worker serves (one SCAN of heartbeats)."""
+        if not guids:
+            return []
+        live = live_queues(self._store.client)
+        if self._worker is not None:
+            live.add(POOL_QUEUE)
+        return [g for g in guids if queue_for(self, g) not in live]
+
+    def _expect_workers(self, guids: list[int]) -> None:
+        """Fail the RMs of a queue no live worker serves, once its wait is over.
+
+        One look at the heartbeats now (one SCAN for the whole deploy) and one
+        at the deadline, on the controller's timer: nothing polls.  A host
+        queue waits its node's ``workerWait``; the pool queue, unless this
+        controller runs its own worker, waits the default.
+        """
+        by_queue: dict[str, list[int]] = {}
+        for g in self._unserved(guids):
+            by_queue.setdefault(queue_for(self, g), []).append(g)
+        for queue, members in by_queue.items():
+            wait = DEFAULT_WORKER_WAIT
+            nodes = [g for g in members if self._rtype(g) == NODE_RTYPE]
+            found = host_node(self, members[0]) if not nodes else None
+            nodes += [found[0]] if found else []
+            if nodes:
+                wait = max(float(self.get(n, WORKER_WAIT)) for n in nodes)
+            self._logger.warning("no live worker serves %s yet: its RMs fail if none comes within %gs",
+                                 queue, wait)
+            self._local.schedule(wait, functools.partial(self._fail_unserved, queue, members, wait))
+
+    def _fail_unserved(self, queue: str, guids: list[int], waited: float) -> None:
+        """Fail the RMs of ``guids`` not yet READY when still no live worker serves ``queue``."""
+        if self._store.frozen or queue in live_queues(self._store.client):
+            return
+        states = self._store.states(guids)
+        left = [g for g, s in zip(guids, states, strict=True) if s is not None and s < ResourceState.READY]
+        hint = "nepi-dist worker" if queue == POOL_QUEUE else \
+            f"nepi-dist worker --host {queue.removeprefix(host_queue(''))}"
+        message = f"no live worker served queue {queue} within {waited:g}s: start `{hint}`"
+        for g in left:
+            self._store.set_fields(g, {"err": message})
+            self._transition(g, ResourceState.FAILED)
+        if left:
+            self._logger.error("%s; failed guids %s", message, left)
 
     def release(self, guids: int | Iterable[int] | None = None, timeout: float = 120.0) -> None:
         """Drop pending work and release RMs (default: all); every one ends RELEASED."""
@@ -203,6 +253,11 @@ class ExperimentController(RunContext):
             self._store.mark_dropping()
             self._local.drop_pending()
             self._drop_pending()
+        unserved = self._unserved(guids)
+        if unserved:
+            self._logger.warning("no live worker serves %s: marking them RELEASED", unserved)
+            self._store.force_released(unserved)
+            guids = [g for g in guids if g not in set(unserved)]
         self._send([(g, "release", [], {}) for g in guids])
         try:
             self.wait_released(guids, timeout=timeout)

@@ -39,31 +39,36 @@ def redis_server_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """Return a TCP port free on ``address`` right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
 class EmbeddedRedis:
-    """A private redis-server process on 127.0.0.1, removed at :meth:`stop`."""
+    """A private redis-server process, removed at :meth:`stop`.
 
-    def __init__(self, port: int | None = None, persist_dir: str | None = None) -> None:
-        self.port = port or free_port()
+    It listens on ``bind`` (loopback by default; a testbed whose hosts are
+    network namespaces binds it to the root side of their links).
+    """
+
+    def __init__(self, port: int | None = None, persist_dir: str | None = None, bind: str = "127.0.0.1") -> None:
+        self.bind = bind
+        self.port = port or free_port(bind)
         self._dir = persist_dir or tempfile.mkdtemp(prefix="nepi-redis-")
         self._own_dir = persist_dir is None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         args = [
             redis_server_binary(),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.bind,
             "--dir", self._dir,
             "--save", "",
             "--appendonly", "no",
@@ -163,6 +168,9 @@ class EmbeddedWorker:
         if not self._ready.wait(timeout):
             self.stop()
             raise NepiError("embedded Celery worker did not become ready")
+        from .tasks import runtime_of
+
+        runtime_of(self.app)  # its heartbeat: the pool queue has a live worker from now on
         return self
 
     def stop(self, timeout: float = 20.0) -> None:

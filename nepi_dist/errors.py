@@ -70,3 +70,11 @@ class ResourceFailedError(NepiError, RuntimeError):
 
 class ECFailureError(NepiError, RuntimeError):
     """Raised when the controller itself failed and cannot exit gracefully."""
+
+
+class NoWorkerError(NepiError, RuntimeError):
+    """Raised when no live worker serves the queue a resource's actions must go to."""
+
+
+class RemoteReadError(NepiError, RuntimeError):
+    """Raised when a read through another host's worker fails or gets no answer in time."""

@@ -27,6 +27,8 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 ``P:task:<aid>``          hash   tracked task ``s`` status and ``r`` result
 ``P:events``              stream every state change: ``g`` guid, ``s`` state, ``t`` time
 ``P:alarm``               list   pushed when a critical resource fails
+``P:reply:<rid>``         list   the answer of a read run by another host's worker
+                                 (JSON, expires)
 ========================  =====  =================================================
 
 Keys shared by all runs (outside any run's slot):
@@ -122,6 +124,9 @@ class Keys:
     @property
     def alarm(self) -> str:
         return self.key("alarm")
+
+    def reply(self, rid: str) -> str:
+        return self.key("reply", rid)
 
     def pattern(self) -> str:
         """Return a SCAN pattern matching every key of this run."""

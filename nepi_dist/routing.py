@@ -21,6 +21,9 @@ POOL_QUEUE = "nepi.pool"
 WORKER_HOST_ENV = "NEPI_DIST_WORKER_HOST"
 #: The rtype whose ``worker`` attribute routes its RMs.
 NODE_RTYPE = "linux::Node"
+#: The node attribute: seconds a deploy waits for a live worker of the node's host.
+WORKER_WAIT = "workerWait"
+DEFAULT_WORKER_WAIT = 60.0
 
 
 def host_queue(host: str) -> str:
@@ -43,11 +46,18 @@ def queue_for(ctx: RunContext, guid: int) -> str:
     return queue
 
 
-def _route(ctx: RunContext, guid: int) -> str:
+def host_node(ctx: RunContext, guid: int) -> tuple[int, str] | None:
+    """Return (node guid, host) when ``guid`` is, or is connected to, a node with a host worker."""
     candidates = [guid, *sorted(ctx.store.connections(guid))]
     for g in candidates:
         if ctx._rtype(g) == NODE_RTYPE:
             raw = ctx.store.rm_field(g, "a:worker")
-            if raw is not None and raw != "null":
-                return host_queue(str(json.loads(raw)))
-    return POOL_QUEUE
+            host = json.loads(raw) if raw is not None else None
+            if host:
+                return g, str(host)
+    return None
+
+
+def _route(ctx: RunContext, guid: int) -> str:
+    found = host_node(ctx, guid)
+    return POOL_QUEUE if found is None else host_queue(found[1])

@@ -25,6 +25,7 @@ from .errors import ControllerClosedError, UnknownGuidError
 from .keys import Keys, worker_key
 from .scripts import CHECK, CLAIM, JOIN_GROUP, POP_TIMERS, REGISTER, TAKEOVER, TRANSITION
 from .state import ResourceState
+from .workers import HEARTBEAT_TTL
 
 
 class FailureLevel:
@@ -310,17 +311,31 @@ class Store:
         return stale
 
     def claim(self, aid: str, worker_id: str, is_release: bool) -> str:
-        """Claim an action for this worker; return ``run`` or why not (``skip:…``)."""
+        """Claim an action for this worker; return ``run`` or why not.
+
+        ``skip:…`` means the action is done, refused or running in this very
+        worker.  ``wait:<holder>`` means another worker, alive by its
+        heartbeat, holds it: the caller must look again later, since that
+        worker may have just died (a redelivery after SIGKILL arrives before
+        the dead worker's heartbeat expires).
+        """
         k = self.keys
         verdict, holder = self._claim(
             keys=[k.run, k.pending, k.running], args=[aid, worker_id, int(is_release)]
         )
         if verdict == "held":
-            if holder == worker_id or self.client.exists(worker_key(holder)):
+            if holder == worker_id:
                 return "skip:running"
+            if self.client.exists(worker_key(holder)):
+                return f"wait:{holder}"
             took = self._takeover(keys=[k.running], args=[aid, holder, worker_id])
             return "run" if took else "skip:running"
         return "run" if verdict == "run" else f"skip:{holder}"
+
+    def heartbeat_left(self, worker_id: str) -> float:
+        """Return the seconds until the heartbeat of ``worker_id`` expires (0 if gone)."""
+        ms = self.client.pttl(worker_key(worker_id))
+        return 0.0 if ms == -2 else HEARTBEAT_TTL if ms == -1 else ms / 1000.0
 
     def finish(self, aid: str, tracked: bool, status: str, result: Any) -> None:
         """Mark an action done, recording status and result when tracked."""

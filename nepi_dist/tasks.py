@@ -9,6 +9,7 @@ the action finished.  A second delivery of the same action id does nothing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -21,21 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .context import ACTION_TASK, RELEASE_METHODS, RunContext, resolve_action
+from .context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
+from .errors import ActionError, UnknownResourceTypeError
 from .keys import worker_key
 from .resource import ResourceFactory, ResourceRegistry
 from .routing import POOL_QUEUE, this_worker_host
 from .store import Store
+from .workers import HEARTBEAT_EVERY, beat, clear_dead_in_my_space
 
 if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger("nepi_dist.worker")
 
-HEARTBEAT_TTL = 15
 #: The queues a worker process consumes (set by ``nepi-dist worker``), for its heartbeat.
 QUEUES_ENV = "NEPI_DIST_WORKER_QUEUES"
-HEARTBEAT_EVERY = 5.0
 
 
 class WorkerRuntime:
@@ -57,13 +58,15 @@ class WorkerRuntime:
         self._on_stop: list[Callable[[], None]] = []
         self.queues = [q for q in os.environ.get(QUEUES_ENV, POOL_QUEUE).split(",") if q]
         self._beat()
+        cleared = clear_dead_in_my_space(self.client, self.worker_id)
+        if cleared:
+            log.warning("cleared the heartbeats of dead workers %s", ", ".join(cleared))
         self._thread = threading.Thread(target=self._heartbeat, name="nepi-heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
-        info = {"pid": os.getpid(), "machine": socket.gethostname(), "host": this_worker_host(),
-                "queues": self.queues}
-        self.client.set(worker_key(self.worker_id), json.dumps(info), ex=HEARTBEAT_TTL)
+        beat(self.client, self.worker_id,
+             {"machine": socket.gethostname(), "host": this_worker_host(), "queues": self.queues})
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):
@@ -117,6 +120,13 @@ def run_action(app: Celery, exp_id: str, run_id: str, aid: str, payload: dict[st
     ctx = rt.context(exp_id, run_id)
     method = str(payload["m"])
     verdict = ctx.store.claim(aid, rt.worker_id, method in RELEASE_METHODS)
+    if verdict.startswith("wait:"):
+        # Held by a worker that may be dead: look again once its heartbeat would have expired.
+        later = ctx.store.heartbeat_left(verdict[5:]) + 0.5
+        ctx._dispatch([(aid, payload, ctx.store.now() + later)], from_outbox=False)
+        log.info("action %s %s on guid %s held by %s: looking again in %.1fs",
+                 aid, method, payload.get("g"), verdict[5:], later)
+        return verdict
     if verdict != "run":
         log.debug("action %s %s on guid %s: %s", aid, method, payload.get("g"), verdict)
         return verdict
@@ -136,6 +146,29 @@ def run_action(app: Celery, exp_id: str, run_id: str, aid: str, payload: dict[st
     return status.lower()
 
 
+def run_read(app: Celery, exp_id: str, run_id: str, rid: str, payload: dict[str, Any]) -> str:
+    """Run a read (e.g. ``trace``) of an RM here and push the answer on the run's reply list."""
+    ctx = runtime_of(app).context(exp_id, run_id)
+    method = str(payload["m"])
+    answer: dict[str, Any]
+    try:
+        if method not in READ_METHODS:
+            raise ActionError(f"{method!r} is not a read")
+        value = resolve_action(ctx.get_resource(int(payload["g"])), method)(*payload.get("a", []))
+        if isinstance(value, bytes):
+            answer = {"b": base64.b64encode(value).decode()}
+        else:
+            answer = {"v": value if _jsonable(value) else repr(value)}
+    except Exception as exc:  # the task boundary: the reader gets the error
+        answer = {"e": f"{type(exc).__name__}: {exc}"}
+    reply = ctx.store.keys.reply(rid)
+    pipe = ctx.store.client.pipeline(transaction=True)
+    pipe.rpush(reply, json.dumps(answer))
+    pipe.expire(reply, 300)
+    pipe.execute()
+    return "error" if "e" in answer else "done"
+
+
 def _jsonable(value: Any) -> bool:
     try:
         json.dumps(value)
@@ -145,8 +178,6 @@ def _jsonable(value: Any) -> bool:
 
 
 def _is_setup_error(exc: Exception) -> bool:
-    from .errors import ActionError, UnknownResourceTypeError
-
     return isinstance(exc, (ActionError, UnknownResourceTypeError))
 
 
@@ -167,3 +198,7 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True, shared=False)
     def action(exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
         return run_action(app, exp_id, run_id, aid, payload)
+
+    @app.task(name=READ_TASK, ignore_result=True, shared=False)
+    def read(exp_id: str, run_id: str, rid: str, payload: dict[str, Any]) -> str:
+        return run_read(app, exp_id, run_id, rid, payload)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the Linux-resource tests use: an sshd to log into, and the tools the
-# ready-made RMs run (ping, traceroute, tcpdump, iperf3, nc, gcc).  Installs only what is
-# missing; needs root (or passwordless sudo) and Debian's apt-get.
+# ready-made RMs run (ping, traceroute, tcpdump, iperf3, nc, gcc), and systemd-analyze, which
+# checks deploy/systemd/.  Installs only what is missing; needs root (or passwordless sudo) and
+# Debian's apt-get.
 set -euo pipefail
 need=()
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
@@ -12,6 +13,7 @@ command -v tcpdump >/dev/null || [ -x /usr/bin/tcpdump ] || [ -x /usr/sbin/tcpdu
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v gcc >/dev/null || need+=(gcc)
 command -v ip >/dev/null || need+=(iproute2)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo -n"

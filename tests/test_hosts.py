@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from nepi_dist import ExperimentController, ResourceState
 from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.errors import NoWorkerError, UnknownTraceError
+from nepi_dist.keys import worker_pattern
 from nepi_dist.routing import POOL_QUEUE, host_queue
 
 from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
@@ -35,6 +41,8 @@ def test_applications_run_on_the_host_worker_of_their_node_or_on_the_pool(pool_a
     try:
         on_h1 = ec.register_resource("linux::Node")
         ec.set(on_h1, "worker", "h1")
+        # Only the h1 worker reaches this host (locally): the controller's reads go through it.
+        ec.set(on_h1, "hostname", "unreachable-from-the-controller.invalid")
         pooled = ec.register_resource("linux::Node")
         apps = {}
         for name, node in (("h1", on_h1), ("pool", pooled)):
@@ -63,3 +71,86 @@ def test_the_workers_command_lists_live_workers_and_their_queues(pool_and_host_w
     assert "2 live worker process(es)" in out, out
     assert f"host=h1\tqueues={host_queue('h1')}" in out
     assert f"host=-\tqueues={POOL_QUEUE}" in out
+
+
+def test_a_worker_restarted_after_sigkill_clears_its_dead_predecessors_heartbeat_at_once(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    first = start_worker_process(redis_server.url, "h2", 2, "--host", "h2")
+    second = None
+    try:
+        wait_for_workers(redis_server.url, 1)
+        old = _heartbeats_of(client, first.pid)
+        assert len(old) == 1, old
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert client.ttl(old[0]) > 5, "the dead worker's heartbeat is still there, for a while"
+        second = start_worker_process(redis_server.url, "h2", 2, "--host", "h2")
+        wait_for_workers(redis_server.url, 1)
+        deadline = time.monotonic() + 10
+        while client.exists(old[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not client.exists(old[0]), "the new worker left its dead predecessor's heartbeat"
+        assert len(_heartbeats_of(client, second.pid)) == 1
+    finally:
+        for p in (first, second):
+            if p is not None:
+                stop_process(p)
+
+
+def _heartbeats_of(client: redis.Redis, pid: int) -> list[str]:
+    return [k for k in client.scan_iter(match=worker_pattern())
+            if json.loads(client.get(k) or "{}").get("pid") == pid]
+
+
+def test_deploying_on_a_host_without_a_live_worker_fails_after_the_nodes_worker_wait(
+    ec: ExperimentController,
+) -> None:
+    node = ec.register_resource("linux::Node")
+    ec.set(node, "worker", "nobody-serves-this-host")
+    ec.set(node, "workerWait", 1.0)
+    app = ec.register_resource("linux::Application")
+    ec.set(app, "command", "true")
+    ec.register_connection(app, node)
+    started = time.monotonic()
+    ec.deploy()
+    ec.wait_finished([node, app], timeout=30)  # FAILED counts as finished
+    waited = time.monotonic() - started
+    assert ec.state(node) == ResourceState.FAILED
+    assert ec.state(app) == ResourceState.FAILED
+    assert 1.0 <= waited < 5.0, waited
+    err = ec.store.rm_field(node, "err") or ""
+    assert "no live worker served queue nepi.host.nobody-serves-this-host within 1s" in err, err
+    assert "nepi-dist worker --host nobody-serves-this-host" in err
+    assert ec.abort, "the node is critical: its failure aborts the run"
+
+
+def test_a_host_whose_worker_is_live_at_deploy_is_not_failed_by_the_wait(pool_and_host_worker: str) -> None:
+    ec = ExperimentController(redis_url=pool_and_host_worker)
+    try:
+        node = ec.register_resource("linux::Node")
+        ec.set(node, "worker", "h1")
+        ec.set(node, "workerWait", 0.5)
+        app = ec.register_resource("linux::Application")
+        ec.set(app, "command", "sleep 1.5")
+        ec.register_connection(app, node)
+        ec.deploy()
+        ec.wait_finished(app, timeout=30)
+        assert ec.state(app) == ResourceState.FINISHED
+        assert ec.state(node) == ResourceState.STARTED
+    finally:
+        ec.shutdown()
+
+
+def test_reading_a_trace_of_a_host_without_a_live_worker_says_so_at_once(ec: ExperimentController) -> None:
+    node = ec.register_resource("linux::Node")
+    ec.set(node, "worker", "nobody-serves-this-host")
+    app = ec.register_resource("linux::Application")
+    ec.register_connection(app, node)
+    started = time.monotonic()
+    with pytest.raises(NoWorkerError, match="nepi-dist worker --host nobody-serves-this-host"):
+        ec.trace(app, "stdout")
+    assert time.monotonic() - started < 2
+    with pytest.raises(UnknownTraceError):
+        ec.trace(app, "../etc/passwd")

@@ -50,6 +50,7 @@ def test_every_key_shape_of_a_run_is_pinned() -> None:
     assert k.task("ab12cd3") == f"{p}:task:ab12cd3"
     assert k.events == f"{p}:events"
     assert k.alarm == f"{p}:alarm"
+    assert k.reply("ab12") == f"{p}:reply:ab12"
     assert k.key("rm", "") == f"{p}:rm:"
     assert k.key("a", 1, "b") == f"{p}:a:1:b"
 
@@ -59,6 +60,7 @@ def test_the_hash_tag_is_exp_id_colon_run_id_for_every_key() -> None:
     keys = [
         k.run, k.guids, k.rm(1), k.conn(1), k.wait(1), k.group(1), k.group_start(1),
         k.pending, k.running, k.timers, k.outbox, k.task("x1"), k.events, k.alarm,
+        k.reply("x2"),
     ]
     assert {hash_tag(key) for key in keys} == {"my-exp_1.0:r-2"}
     assert {key_slot(key.encode()) for key in keys} == {key_slot(b"my-exp_1.0:r-2")}

@@ -5,7 +5,9 @@
   the ETA horizon (below the visibility timeout);
 * far-future ETA tasks pile up in worker memory with plain Celery; nepi's stay in Redis;
 * a message delivered twice runs its action once (the claim on the action id);
-* a claim held by a dead worker is taken over, one held by a live worker is not;
+* a claim held by a dead worker is taken over, one held by a live worker is not; the
+  message of an action whose holder looks alive is looked at again when the holder's
+  heartbeat would expire, so a worker SIGKILLed a moment ago loses nothing;
 * ``celery[redis]`` is what is declared, and the redis transport imports;
 * workers accept JSON only: a pickled message is refused.
 """
@@ -245,22 +247,44 @@ def test_an_action_claimed_by_a_dead_worker_is_taken_over(ec: ExperimentControll
     assert not client.hexists(ec.store.keys.running, aid)
 
 
-def test_an_action_claimed_by_a_live_worker_is_not_run_again(
+def test_an_action_held_by_a_live_worker_is_not_run_again_and_is_done_once_it_finishes(
     ec: ExperimentController, postruns: Postruns
 ) -> None:
     g = ec.register_resource(TICKER)
     aid, alive = "pitfalls-held", "live-host.4243.000000"
     client = ec.store.client
-    client.set(worker_key(alive), json.dumps({"pid": 4243}), ex=60)
+    client.set(worker_key(alive), json.dumps({"pid": 4243}), ex=2)
     client.hset(ec.store.keys.running, aid, alive)
     try:
         deliver(ec, aid, g)
-        assert postruns.wait_for(aid, 1) == ["skip:running"]
+        assert postruns.wait_for(aid, 1) == [f"wait:{alive}"]
+        assert runs_of(ec, g) == []
+        assert client.hget(ec.store.keys.running, aid) == alive
+        # The holder finishes its run of the action (and stays alive).
+        client.set(worker_key(alive), json.dumps({"pid": 4243}), ex=60)
+        client.hdel(ec.store.keys.running, aid)
+        # The worker looked again once the heartbeat it saw would have expired.
+        assert postruns.wait_for(aid, 2, timeout=10) == [f"wait:{alive}", "skip:done"]
         assert runs_of(ec, g) == []
         assert ec.state(g) == ResourceState.NEW
-        assert client.hget(ec.store.keys.running, aid) == alive
     finally:
         client.delete(worker_key(alive))
+
+
+def test_an_action_held_by_a_worker_that_dies_before_its_heartbeat_expires_runs_once_later(
+    ec: ExperimentController, postruns: Postruns
+) -> None:
+    g = ec.register_resource(TICKER)
+    aid, doomed = "pitfalls-doomed", "doomed-host.4244.000000"
+    client = ec.store.client
+    # SIGKILLed a moment ago: its heartbeat still has 2 s to live, and will not be renewed.
+    client.set(worker_key(doomed), json.dumps({"pid": 4244}), ex=2)
+    client.hset(ec.store.keys.running, aid, doomed)
+    deliver(ec, aid, g)  # the broker's redelivery of the message the dead worker held
+    assert postruns.wait_for(aid, 2, timeout=10) == [f"wait:{doomed}", "done"]
+    assert len(runs_of(ec, g)) == 1
+    assert ec.state(g) == ResourceState.FINISHED
+    assert not client.hexists(ec.store.keys.running, aid)
 
 
 # -- e) celery[redis] ----------------------------------------------------------------------

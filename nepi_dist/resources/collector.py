@@ -52,7 +52,7 @@ class Collector(ResourceManager):
         for rm in self.get_connected():
             if name not in {t.name for t in rm.get_traces()} or rm.state == ResourceState.NEW:
                 continue
-            data = rm.trace(name, TraceAttr.ALL)
+            data = self.ec.trace(rm.guid, name, TraceAttr.ALL)
             if data is None:
                 continue
             path = os.path.join(self.run_dir, f"{rm.guid}.{rename}")

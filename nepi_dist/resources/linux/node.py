@@ -7,7 +7,7 @@ from typing import Any
 
 from ...attribute import Attribute, Flags, Types
 from ...resource import ResourceManager
-from ...routing import this_worker_host
+from ...routing import DEFAULT_WORKER_WAIT, WORKER_WAIT, this_worker_host
 from ...state import ResourceState
 from .shell import HostSpec, Result, Shell, shell_for
 
@@ -48,6 +48,9 @@ class LinuxNode(ResourceManager):
         add(Attribute("tearDown", "Command run on the host at release", flags=Flags.ExecReadOnly))
         add(Attribute("worker", "Host worker serving this node (`nepi-dist worker --host NAME`): "
                       "its RMs run there, locally; empty = the pool, over SSH", flags=Flags.ExecReadOnly))
+        add(Attribute(WORKER_WAIT, "Seconds a deploy waits for a live worker of this node's host; "
+                      "after that the node and its RMs still waiting FAIL", type=Types.Double,
+                      default=DEFAULT_WORKER_WAIT, range=(0.1, 86400), flags=Flags.ExecReadOnly))
 
     # -- where and how ---------------------------------------------------------------
 
