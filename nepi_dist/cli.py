@@ -27,6 +27,8 @@ def _worker(args: argparse.Namespace) -> int:
     os.environ[QUEUES_ENV] = ",".join(queues)
     from .worker import app
 
+    app.conf.worker_concurrency = args.concurrency  # also sizes the threads of batch messages
+
     argv = [
         "worker",
         "--pool", args.pool,

@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .attribute import Flags
@@ -29,7 +29,7 @@ from .errors import (
     UnknownGuidError,
 )
 from .resource import ResourceManager, ResourceRegistry
-from .routing import POOL_QUEUE, host_queue, queue_for, this_worker_host
+from .routing import POOL_QUEUE, host_queue, queue_for, route_many, this_worker_host
 from .state import ResourceAction, ResourceState, ResourceState2str, state_from
 from .store import Dispatch, FailureLevel, Payload, Store
 from .timefuncs import delay_seconds, due_in
@@ -44,6 +44,12 @@ ACTION_TASK = "nepi.action"
 OUTBOX_CHUNK = 200
 #: Methods that still run once the run is aborted or being released.
 RELEASE_METHODS = frozenset({"release"})
+#: The Celery task that runs several RM actions due together on one queue.
+BATCH_TASK = "nepi.batch"
+#: Most actions one batch message carries.
+BATCH_MAX = 32
+#: Actions due together are spread over at least this many messages (when there are as many).
+BATCH_SPREAD = 32
 #: The Celery task that runs one read of an RM on another host's worker.
 READ_TASK = "nepi.read"
 #: RM methods that a read task may run: they change nothing.
@@ -89,6 +95,27 @@ def as_action(callback: Any) -> tuple[int, str, list[Any], dict[str, Any]] | Non
     except (TypeError, ValueError) as exc:
         raise ActionError(f"arguments of {name} must be JSON-serialisable: {exc}") from None
     return owner.guid, name, args, kwargs
+
+
+def batches(
+    items: Sequence[Dispatch], route: Callable[[int], str]
+) -> Iterator[tuple[str, float, list[Dispatch]]]:
+    """Split actions into (queue, due, chunk) messages.
+
+    Actions with the same queue and due time share messages of up to
+    ``BATCH_MAX`` actions, sized so that a group of n still makes at least
+    ``min(n, BATCH_SPREAD)`` messages for the workers to share; fewer than
+    ``2 * BATCH_SPREAD`` actions travel one per message.  A worker runs a
+    batch's actions concurrently, each with its own claim, so a batch costs one
+    Celery message instead of one per action and loses nothing.
+    """
+    groups: dict[tuple[str, float], list[Dispatch]] = {}
+    for item in items:
+        groups.setdefault((route(int(item[1]["g"])), item[2]), []).append(item)
+    for (queue, due), members in groups.items():
+        size = max(1, min(BATCH_MAX, len(members) // BATCH_SPREAD))
+        for i in range(0, len(members), size):
+            yield queue, due, members[i:i + size]
 
 
 class RunContext:
@@ -318,7 +345,12 @@ class RunContext:
         )
 
     def _dispatch(self, items: Sequence[Dispatch], from_outbox: bool) -> None:
-        """Publish decided actions as Celery tasks, each due at its Redis-clock time."""
+        """Publish decided actions as Celery tasks, each due at its Redis-clock time.
+
+        Actions bound for the same queue at the same moment (the deploys of one
+        ``ec.deploy``, the starts a deployment group releases, a release) travel
+        in batches: see :func:`batches`.
+        """
         if not items:
             return
         offset = self._store.clock_offset
@@ -326,21 +358,28 @@ class RunContext:
         sent: list[str] = []
         cleared = 0
         try:
+            route_many(self, (int(p["g"]) for _, p, _ in items))
             with self._app.producer_or_acquire() as producer:
-                for aid, payload, due in items:
+                for queue, due, chunk in batches(items, functools.partial(queue_for, self)):
                     if from_outbox and len(sent) - cleared >= OUTBOX_CHUNK:
                         self._store.clear_outbox(sent[cleared:])
                         cleared = len(sent)
                     eta = None
                     if due - local_now > 0.0005:
                         eta = datetime.datetime.fromtimestamp(due - offset, tz=datetime.UTC)
-                    self._publish(producer, ACTION_TASK, self.task_id(aid),
-                                  [self.exp_id, self.run_id, aid, payload],
-                                  queue_for(self, int(payload["g"])), eta=eta)
-                    sent.append(aid)
+                    first = chunk[0][0]
+                    args: list[Any]
+                    if len(chunk) == 1:
+                        task, args = ACTION_TASK, [self.exp_id, self.run_id, first, chunk[0][1]]
+                    else:
+                        task, args = BATCH_TASK, [self.exp_id, self.run_id, [[aid, p] for aid, p, _ in chunk]]
+                    # A batch's task id is its first action's: revoking that action revokes the batch.
+                    self._publish(producer, task, self.task_id(first), args, queue, eta=eta)
+                    sent.extend(aid for aid, _, _ in chunk)
         except Exception:
             if not from_outbox:
-                self._store.unpend([aid for aid, _, _ in items if aid not in sent])
+                done = set(sent)
+                self._store.unpend([aid for aid, _, _ in items if aid not in done])
             raise
         finally:
             if from_outbox:

@@ -238,7 +238,8 @@ class ExperimentController(RunContext):
         hint = "nepi-dist worker" if queue == POOL_QUEUE else \
             f"nepi-dist worker --host {queue.removeprefix(host_queue(''))}"
         message = f"no live worker served queue {queue} within {waited:g}s: start `{hint}`"
-        for g in left:
+        # Nodes last: a critical node's failure aborts the run, and by then every RM is marked.
+        for g in sorted(left, key=lambda g: self._rtype(g) == NODE_RTYPE):
             self._store.set_fields(g, {"err": message})
             self._transition(g, ResourceState.FAILED)
         if left:

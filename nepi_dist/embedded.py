@@ -149,6 +149,7 @@ class EmbeddedWorker:
         from kombu.asynchronous import set_event_loop
 
         set_event_loop(None)
+        app.conf.worker_concurrency = concurrency  # also sizes the threads of batch messages
         self._worker = WorkController(
             app=app,
             hostname=f"nepi-embedded-{os.getpid()}-{os.urandom(3).hex()}@{socket.gethostname()}",

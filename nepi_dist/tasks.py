@@ -18,11 +18,12 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
+from .context import ACTION_TASK, BATCH_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
 from .errors import ActionError, UnknownResourceTypeError
 from .keys import worker_key
 from .resource import ResourceFactory, ResourceRegistry
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nepi_dist.worker")
 
+#: Batch threads of a worker process whose Celery concurrency is unknown.
+BATCH_THREADS = 16
 #: The queues a worker process consumes (set by ``nepi-dist worker``), for its heartbeat.
 QUEUES_ENV = "NEPI_DIST_WORKER_QUEUES"
 
@@ -56,6 +59,7 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._on_stop: list[Callable[[], None]] = []
+        self._batch_pool: ThreadPoolExecutor | None = None
         self.queues = [q for q in os.environ.get(QUEUES_ENV, POOL_QUEUE).split(",") if q]
         self._beat()
         cleared = clear_dead_in_my_space(self.client, self.worker_id)
@@ -75,12 +79,23 @@ class WorkerRuntime:
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    @property
+    def batch_pool(self) -> ThreadPoolExecutor:
+        """The threads that run the actions of batch messages (as many as the worker's own)."""
+        with self._lock:
+            if self._batch_pool is None:
+                threads = int(self.app.conf.get("worker_concurrency") or 0) or BATCH_THREADS
+                self._batch_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nepi-batch")
+            return self._batch_pool
+
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when this runtime stops (e.g. to stop a watcher thread)."""
         self._on_stop.append(callback)
 
     def stop(self) -> None:
         self._stop.set()
+        if self._batch_pool is not None:
+            self._batch_pool.shutdown(wait=False, cancel_futures=True)
         for callback in self._on_stop:
             callback()
         with contextlib.suppress(redis.RedisError):
@@ -146,6 +161,32 @@ def run_action(app: Celery, exp_id: str, run_id: str, aid: str, payload: dict[st
     return status.lower()
 
 
+def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[str, int]:
+    """Run the actions of a batch message concurrently; return how many ended how.
+
+    Each action keeps its own claim, so a batch delivered again (its worker
+    died) runs only what is not done yet.  The items run on the runtime's
+    batch threads; this thread waits for them (local futures, not Celery
+    results), so the message is acknowledged only once every action is done.
+    """
+    rt = runtime_of(app)
+    futures = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict)):
+            log.error("batch item refused (not [action id, payload]): %.200r", item)
+            continue
+        futures.append(rt.batch_pool.submit(run_action, app, exp_id, run_id, item[0], item[1]))
+    counts: dict[str, int] = {}
+    for future in futures:
+        try:
+            verdict = future.result()
+        except Exception as exc:  # the task boundary: one action's crash does not drop the others
+            log.error("batch action crashed: %s", exc)
+            verdict = "crash"
+        counts[verdict] = counts.get(verdict, 0) + 1
+    return counts
+
+
 def run_read(app: Celery, exp_id: str, run_id: str, rid: str, payload: dict[str, Any]) -> str:
     """Run a read (e.g. ``trace``) of an RM here and push the answer on the run's reply list."""
     ctx = runtime_of(app).context(exp_id, run_id)
@@ -198,6 +239,10 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True, shared=False)
     def action(exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
         return run_action(app, exp_id, run_id, aid, payload)
+
+    @app.task(name=BATCH_TASK, acks_late=True, ignore_result=True, shared=False)
+    def batch(exp_id: str, run_id: str, items: list[Any]) -> dict[str, int]:
+        return run_batch(app, exp_id, run_id, items)
 
     @app.task(name=READ_TASK, ignore_result=True, shared=False)
     def read(exp_id: str, run_id: str, rid: str, payload: dict[str, Any]) -> str:

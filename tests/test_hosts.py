@@ -115,8 +115,11 @@ def test_deploying_on_a_host_without_a_live_worker_fails_after_the_nodes_worker_
     ec.register_connection(app, node)
     started = time.monotonic()
     ec.deploy()
-    ec.wait_finished([node, app], timeout=30)  # FAILED counts as finished
+    ec.wait_finished([node, app], timeout=30)  # returns at the first failure: the run aborts
     waited = time.monotonic() - started
+    deadline = time.monotonic() + 5
+    while {ec.state(node), ec.state(app)} != {ResourceState.FAILED} and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert ec.state(node) == ResourceState.FAILED
     assert ec.state(app) == ResourceState.FAILED
     assert 1.0 <= waited < 5.0, waited
