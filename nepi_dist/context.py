@@ -15,10 +15,11 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .attribute import Flags
+from .batch import BATCH_SPREAD, BATCH_TASK, batches, current_buffer
 from .errors import (
     ActionError,
     ConditionError,
@@ -44,12 +45,6 @@ ACTION_TASK = "nepi.action"
 OUTBOX_CHUNK = 200
 #: Methods that still run once the run is aborted or being released.
 RELEASE_METHODS = frozenset({"release"})
-#: The Celery task that runs several RM actions due together on one queue.
-BATCH_TASK = "nepi.batch"
-#: Most actions one batch message carries.
-BATCH_MAX = 32
-#: Actions due together are spread over at least this many messages (when there are as many).
-BATCH_SPREAD = 32
 #: The Celery task that runs one read of an RM on another host's worker.
 READ_TASK = "nepi.read"
 #: RM methods that a read task may run: they change nothing.
@@ -95,27 +90,6 @@ def as_action(callback: Any) -> tuple[int, str, list[Any], dict[str, Any]] | Non
     except (TypeError, ValueError) as exc:
         raise ActionError(f"arguments of {name} must be JSON-serialisable: {exc}") from None
     return owner.guid, name, args, kwargs
-
-
-def batches(
-    items: Sequence[Dispatch], route: Callable[[int], str]
-) -> Iterator[tuple[str, float, list[Dispatch]]]:
-    """Split actions into (queue, due, chunk) messages.
-
-    Actions with the same queue and due time share messages of up to
-    ``BATCH_MAX`` actions, sized so that a group of n still makes at least
-    ``min(n, BATCH_SPREAD)`` messages for the workers to share; fewer than
-    ``2 * BATCH_SPREAD`` actions travel one per message.  A worker runs a
-    batch's actions concurrently, each with its own claim, so a batch costs one
-    Celery message instead of one per action and loses nothing.
-    """
-    groups: dict[tuple[str, float], list[Dispatch]] = {}
-    for item in items:
-        groups.setdefault((route(int(item[1]["g"])), item[2]), []).append(item)
-    for (queue, due), members in groups.items():
-        size = max(1, min(BATCH_MAX, len(members) // BATCH_SPREAD))
-        for i in range(0, len(members), size):
-            yield queue, due, members[i:i + size]
 
 
 class RunContext:
@@ -318,8 +292,12 @@ class RunContext:
         if track:
             for aid, _, _ in items:
                 self._store.track(aid)
+        buffer = current_buffer(self)
         if delay > self._horizon:
             self._store.add_timers(items)
+        elif buffer is not None:
+            self._store.add_outbox(items)
+            buffer.add(items)
         else:
             self._store.add_pending((aid, d) for aid, _, d in items)
             self._dispatch(items, from_outbox=False)
@@ -344,12 +322,12 @@ class RunContext:
             **message.properties,
         )
 
-    def _dispatch(self, items: Sequence[Dispatch], from_outbox: bool) -> None:
+    def _dispatch(self, items: Sequence[Dispatch], from_outbox: bool, spread: int = BATCH_SPREAD) -> None:
         """Publish decided actions as Celery tasks, each due at its Redis-clock time.
 
         Actions bound for the same queue at the same moment (the deploys of one
         ``ec.deploy``, the starts a deployment group releases, a release) travel
-        in batches: see :func:`batches`.
+        in batches: see :mod:`nepi_dist.batch`.
         """
         if not items:
             return
@@ -360,7 +338,7 @@ class RunContext:
         try:
             route_many(self, (int(p["g"]) for _, p, _ in items))
             with self._app.producer_or_acquire() as producer:
-                for queue, due, chunk in batches(items, functools.partial(queue_for, self)):
+                for queue, due, chunk in batches(items, functools.partial(queue_for, self), spread):
                     if from_outbox and len(sent) - cleared >= OUTBOX_CHUNK:
                         self._store.clear_outbox(sent[cleared:])
                         cleared = len(sent)
@@ -421,21 +399,28 @@ class RunContext:
 
     def _transition(self, guid: int, state: ResourceState) -> bool:
         """Change an RM's state and publish what the change woke up."""
-        result = self._store.transition(guid, state)
+        result = self._store.transition(guid, state, horizon=self._horizon)
         if result.dispatch:
-            now = self._store.now()
-            self._dispatch([(aid, p, now) for aid, p in result.dispatch], from_outbox=True)
+            buffer = current_buffer(self)
+            if buffer is not None:
+                buffer.add(result.dispatch)  # the transition's script put them in the outbox already
+            else:
+                self._dispatch(result.dispatch, from_outbox=True)
         return result.changed
 
     def _park_or_delay(self, payload: Payload, group: Sequence[int], state: int, delay: float) -> bool:
         """Return False when the condition holds now; else park or delay the action.
 
-        Unmet: the action parks on the first RM it waits for and is published
-        again by the transition that satisfies it.  Met but ``delay`` not yet
-        elapsed since the last RM reached ``state`` (Redis clock): the action is
-        published again, due at that moment.
+        Unmet: the action parks on the first RM it waits for, with ``delay``,
+        and the transition that satisfies it publishes it again due ``delay``
+        later (when it runs it checks again: the group's other RMs may still be
+        behind).  Met but ``delay`` not yet elapsed since the last RM reached
+        ``state`` (Redis clock): the action is published again, due at that moment.
         """
-        parked = dict(payload, n=os.urandom(6).hex())
+        parked = {k: v for k, v in payload.items() if k != "d"}
+        parked["n"] = os.urandom(6).hex()
+        if delay > 0:
+            parked["d"] = delay
         result = self._store.check(group, state, parked)
         if result.outcome == "parked":
             return True

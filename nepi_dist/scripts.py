@@ -11,8 +11,11 @@ local function now()
 end
 """
 
-# KEYS: rm, wait, run, events, outbox, pending, alarm
-# ARGV: new state, allowed from-states ("" = any), guid, key prefix
+# KEYS: rm, wait, run, events, outbox, pending, alarm, timers
+# ARGV: new state, allowed from-states ("" = any), guid, key prefix, ETA horizon (s)
+# Returns {changed, previous state, aid, payload, due, aid, payload, due, ...}: the actions
+# woken, due at the transition's time plus the delay ("d") their condition was parked with;
+# one due beyond the horizon goes to the timers instead of being returned.
 TRANSITION = _TIME + """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'state'))
 if cur == nil then return {-1} end
@@ -29,15 +32,22 @@ local ts = now()
 redis.call('HSET', KEYS[1], 'state', new, 't' .. new, ts)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'g', ARGV[3], 's', new, 't', ts)
 local out = {1, cur}
-local function emit(payload)
+local function emit(payload, delay)
   local aid = 's' .. redis.call('HINCRBY', KEYS[3], 'seq', 1)
+  local due = ts
+  if delay > 0 then due = string.format('%.6f', tonumber(ts) + delay) end
+  if delay > tonumber(ARGV[5]) then
+    redis.call('ZADD', KEYS[8], due, '{"aid":"' .. aid .. '","p":' .. payload .. '}')
+    return
+  end
   redis.call('HSET', KEYS[5], aid, payload)
-  redis.call('ZADD', KEYS[6], ts, aid)
+  redis.call('ZADD', KEYS[6], due, aid)
   table.insert(out, aid)
   table.insert(out, payload)
+  table.insert(out, due)
 end
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', new)) do
-  emit(member)
+  emit(member, tonumber(cjson.decode(member)['d']) or 0)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', new)
 local gid = redis.call('HGET', KEYS[1], 'grp')
@@ -46,7 +56,7 @@ if gid and cur < 3 and new >= 3 then
   if left <= 0 then
     local sk = ARGV[4] .. ':grpstart:' .. gid
     for _, g in ipairs(redis.call('SMEMBERS', sk)) do
-      emit(cjson.encode({g = tonumber(g), m = 'start_with_conditions'}))
+      emit(cjson.encode({g = tonumber(g), m = 'start_with_conditions'}), 0)
     end
     redis.call('DEL', sk)
   end

@@ -48,7 +48,7 @@ class Transition:
 
     __slots__ = ("changed", "dispatch", "previous")
 
-    def __init__(self, changed: bool, previous: int, dispatch: list[tuple[str, Payload]]) -> None:
+    def __init__(self, changed: bool, previous: int, dispatch: list[Dispatch]) -> None:
         self.changed = changed
         self.previous = previous
         self.dispatch = dispatch
@@ -66,8 +66,8 @@ class CheckResult:
         self.now = now
 
 
-def _pairs(flat: Sequence[Any]) -> list[tuple[str, Payload]]:
-    return [(flat[i], json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
+def _woken(flat: Sequence[Any]) -> list[Dispatch]:
+    return [(flat[i], json.loads(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)]
 
 
 #: Per-thread Redis clients, one per connection pool (see :attr:`Store.client`).
@@ -252,22 +252,28 @@ class Store:
 
     # -- transitions ---------------------------------------------------------
 
-    def transition(self, guid: int, state: int, allowed_from: Iterable[int] = ()) -> Transition:
+    def transition(
+        self, guid: int, state: int, allowed_from: Iterable[int] = (), horizon: float = 60.0
+    ) -> Transition:
         """Move a resource to ``state`` in one atomic step (see module docstring).
 
         No change once RELEASED, nor when already in ``state``, nor when the
-        current state is not in ``allowed_from`` (if given).
+        current state is not in ``allowed_from`` (if given).  The actions it
+        wakes are in the outbox, due at the transition's time plus the delay
+        their condition was parked with; those due beyond ``horizon`` seconds
+        are in the timers instead and not returned.
         """
         self._writable()
         k = self.keys
         allowed = ",".join(str(int(s)) for s in allowed_from)
         out = self._transition(
-            client=self.client, keys=[k.rm(guid), k.wait(guid), k.run, k.events, k.outbox, k.pending, k.alarm],
-            args=[int(state), allowed, guid, k.prefix],
+            client=self.client,
+            keys=[k.rm(guid), k.wait(guid), k.run, k.events, k.outbox, k.pending, k.alarm, k.timers],
+            args=[int(state), allowed, guid, k.prefix, horizon],
         )
         if out[0] == -1:
             raise UnknownGuidError(f"no resource with guid {guid}")
-        return Transition(bool(out[0]), int(out[1]), _pairs(out[2:]))
+        return Transition(bool(out[0]), int(out[1]), _woken(out[2:]))
 
     def check(self, group: Sequence[int], state: int, park: Payload | None) -> CheckResult:
         """Evaluate "every guid of ``group`` reached ``state``" atomically.
@@ -309,6 +315,21 @@ class Store:
         mapping = {aid: due for aid, due in items}
         if mapping:
             self.client.zadd(self.keys.pending, mapping)
+
+    def add_outbox(self, items: Sequence[Dispatch]) -> None:
+        """Record decided actions as pending and in the outbox, to be published a moment later.
+
+        Should their publisher die first, the failure manager re-publishes
+        them from the outbox once the publisher's lease has run out.
+        """
+        self._writable()
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.outbox, mapping={aid: json.dumps(p, separators=(",", ":")) for aid, p, _ in items})
+        pipe.zadd(self.keys.pending, {aid: due for aid, _, due in items})
+        pipe.set(self.keys.publishing, 1, ex=OUTBOX_LEASE)
+        pipe.execute()
 
     def unpend(self, aids: Sequence[str]) -> None:
         """Forget action ids whose publication failed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .context import ACTION_TASK, BATCH_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
+from .batch import BATCH_TASK, BUFFER_SPREAD, SendBuffer, run_in_buffer
+from .context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
 from .errors import ActionError, UnknownResourceTypeError
 from .keys import worker_key
 from .resource import ResourceFactory, ResourceRegistry
@@ -166,16 +168,30 @@ def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[s
 
     Each action keeps its own claim, so a batch delivered again (its worker
     died) runs only what is not done yet.  The items run on the runtime's
-    batch threads; this thread waits for them (local futures, not Celery
-    results), so the message is acknowledged only once every action is done.
+    batch threads while this thread publishes what they send (see
+    :mod:`nepi_dist.batch`) and waits for them (local futures, not Celery
+    results): the message is acknowledged only once every action is done.
     """
     rt = runtime_of(app)
-    futures = []
+    ctx = rt.context(exp_id, run_id)
+    valid = []
     for item in items:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict)):
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict):
+            valid.append(item)
+        else:
             log.error("batch item refused (not [action id, payload]): %.200r", item)
-            continue
-        futures.append(rt.batch_pool.submit(run_action, app, exp_id, run_id, item[0], item[1]))
+    buffer = SendBuffer(ctx, len(valid))
+    futures = [
+        rt.batch_pool.submit(run_in_buffer, buffer, functools.partial(run_action, app, exp_id, run_id, aid, payload))
+        for aid, payload in valid
+    ]
+    for future in futures:  # a cancelled item (the worker is stopping) never ran to say it is done
+        future.add_done_callback(lambda f: buffer.item_done() if f.cancelled() else None)
+    for sends in buffer.drain():
+        try:
+            ctx._dispatch(sends, from_outbox=True, spread=BUFFER_SPREAD)
+        except Exception as exc:  # the task boundary: the outbox keeps them for the failure manager
+            log.error("publishing %d actions of a batch failed (left in the outbox): %s", len(sends), exc)
     counts: dict[str, int] = {}
     for future in futures:
         try:

@@ -7,9 +7,14 @@ which process or thread recorded them.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import signals
 
 from nepi_dist import (
     ExperimentController,
@@ -19,6 +24,8 @@ from nepi_dist import (
     ResourceState,
     WaitTimeoutError,
 )
+from nepi_dist.batch import BATCH_TASK
+from nepi_dist.context import ACTION_TASK
 
 from .rms import Plain
 
@@ -60,6 +67,77 @@ def test_a_start_condition_with_a_delay_starts_the_rm_that_long_after_the_other_
     assert ec.state(app2) == ResourceState.FINISHED
     delta = ec.get_resource(app2).start_time - ec.get_resource(app1).start_time
     assert 2.0 <= delta < 2.1, delta
+
+
+class Deliveries:
+    """Counts the deliveries of each (guid, method) action to the in-process worker."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[int, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, sender: Any = None, args: Any = None, **_: Any) -> None:
+        name = getattr(sender, "name", None)
+        if name == ACTION_TASK:
+            payloads = [args[3]]
+        elif name == BATCH_TASK:
+            payloads = [item[1] for item in args[2]]
+        else:
+            return
+        with self._lock:
+            for p in payloads:
+                self.counts[(int(p["g"]), str(p["m"]))] += 1
+
+
+@pytest.fixture
+def deliveries() -> Iterator[Deliveries]:
+    watcher = Deliveries()
+    signals.task_prerun.connect(watcher, weak=False)
+    try:
+        yield watcher
+    finally:
+        signals.task_prerun.disconnect(watcher)
+
+
+def test_an_rm_waiting_on_a_delayed_condition_is_woken_when_the_delay_is_over_not_before(
+    ec: ExperimentController, deliveries: Deliveries
+) -> None:
+    first = plain(ec)
+    a = plain(ec)
+    b = plain(ec)
+    # b's start runs with the group, finds a not STARTED yet (a waits 0.3 s on first) and parks.
+    ec.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, "0.3s")
+    ec.register_condition(b, ResourceAction.START, a, ResourceState.STARTED, "1s")
+    ec.deploy()
+    ec.wait_finished([first, a, b], timeout=15)
+    delta = ec.get_resource(b).start_time - ec.get_resource(a).start_time
+    assert 1.0 <= delta < 1.1, delta
+    # Once when the group started (parks), once woken by a's STARTED, due 1 s later: no
+    # third run in between that would only find the delay not over and send itself again.
+    assert deliveries.counts[(b, "start_with_conditions")] == 2, deliveries.counts
+
+
+def test_a_wait_beyond_the_eta_horizon_is_held_in_the_run_s_timers_once_woken() -> None:
+    ctl = ExperimentController(visibility_timeout=4, eta_horizon=1, nthreads=8)
+    try:
+        first = plain(ctl)
+        a = plain(ctl)
+        b = plain(ctl)
+        # b's start parks on a (which waits 0.3 s on first); a's STARTED wakes it 2.5 s ahead.
+        ctl.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, "0.3s")
+        ctl.register_condition(b, ResourceAction.START, a, ResourceState.STARTED, "2.5s")
+        ctl.deploy()
+        ctl.wait(a, ResourceState.STARTED, timeout=10)
+        started = ctl.get_resource(a).start_time
+        timers = ctl.store.client.zrange(ctl.store.keys.timers, 0, -1, withscores=True)
+        held = [(json.loads(member)["p"], due) for member, due in timers]
+        assert [(p["g"], p["m"]) for p, _ in held] == [(b, "start_with_conditions")]
+        assert held[0][1] == pytest.approx(started + 2.5, abs=1e-5)
+        ctl.wait_finished(b, timeout=10)
+        delta = ctl.get_resource(b).start_time - started
+        assert 2.5 <= delta < 2.7, delta
+    finally:
+        ctl.shutdown()
 
 
 def test_a_stop_condition_stops_the_rm_about_1s_after_the_other_started_while_that_one_keeps_running(
