@@ -20,12 +20,20 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check nepi_dist tests examples
+	$(BIN)/ruff check nepi_dist tests examples bench
 	$(BIN)/mypy
 
+# The benchmark suite of issue 5 (see bench/README.md); SCALE_NS=100,1000,3000 for a quicker scale run.
+# With NEPI_BENCH_SCRIPT=<a Python 3 port of NEPI's test_concurrency> bench.scale times NEPI too.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.throughput
-	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.hop
+	$(BIN)/python -m bench.delay
+	$(BIN)/python -m bench.scale --workers 1,2 $(if $(SCALE_NS),--ns $(SCALE_NS))
+	$(BIN)/python -m bench.plot
+	$(BIN)/python -m bench.abort
+	$(BIN)/python -m bench.workers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

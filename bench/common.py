@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import os
 import platform
 import resource
@@ -29,7 +30,7 @@ from nepi_dist.app import REDIS_URL_ENV, create_app, settings
 from nepi_dist.embedded import EmbeddedRedis
 from nepi_dist.routing import POOL_QUEUE
 
-from .rms import NOOP_TASK
+from .rms import HOP_TASK, NOOP_TASK, STAMP_TASK
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -152,6 +153,20 @@ class Cluster:
             self.redis.stop()
             self.redis = None
 
+    def restart_workers(self) -> None:
+        """Stop the workers, drop every queued or unacknowledged message, start fresh workers.
+
+        A worker holding many revoked ETA tasks disposes of them at kombu's
+        timer pace (10 per event-loop iteration, an idle loop iterates about
+        once a second); a fresh worker isolates the next measurement from them.
+        """
+        stop_workers(self.procs)
+        self.client.delete(POOL_QUEUE, "unacked", "unacked_index", "unacked_mutex")
+        self.procs = start_workers(self.url, self.workers, self.concurrency, self.pool, self.log_dir)
+        wait_for_workers(self.url, self.workers)
+        pids = ", ".join(str(p.pid) for p in self.procs)
+        print(f"# workers restarted: pids {pids}", file=sys.stderr, flush=True)
+
     def __enter__(self) -> Cluster:
         return self.start()
 
@@ -184,6 +199,11 @@ class Cluster:
 
     def commands(self) -> int:
         return int(self.client.info("stats")["total_commands_processed"])
+
+    def command_calls(self) -> dict[str, int]:
+        """Calls so far of every Redis command (``INFO commandstats``; commands run by Lua scripts included)."""
+        stats = self.client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
     def snapshot(self) -> dict[str, float]:
         """Counters to diff around a measured phase."""
@@ -240,6 +260,61 @@ def run_noops(app: Celery, client: redis.Redis, n: int, timeout: float = 600.0) 
     return elapsed
 
 
+def run_hops(app: Celery, client: redis.Redis, n: int, timeout: float = 300.0) -> list[float]:
+    """Raw Celery's chained hop: ``n`` tasks, each publishing the next; return the n-1 hop times (s).
+
+    Each ``bench.hop`` task records when its body ran, then publishes the next
+    link with ``send_task``; a hop is the time between two consecutive links.
+    """
+    key = f"bench:hop:{os.urandom(6).hex()}"
+    app.send_task(HOP_TASK, args=[key, 0, n], task_id=f"{key}.0", queue=POOL_QUEUE)
+    times = [float(t) for t in wait_list(client, key, n, timeout)]
+    client.delete(key)
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def publish_stamps(app: Celery, key: str, dues: list[float]) -> list[str]:
+    """Publish one raw ``bench.stamp`` task per due time (epoch seconds) with that ETA; return the task ids."""
+    ids = [f"{key}.{i}" for i in range(len(dues))]
+    with app.producer_or_acquire() as producer:
+        for tid, due in zip(ids, dues, strict=True):
+            app.send_task(
+                STAMP_TASK,
+                args=[key, due],
+                task_id=tid,
+                queue=POOL_QUEUE,
+                eta=datetime.datetime.fromtimestamp(due, tz=datetime.UTC),
+                producer=producer,
+            )
+    return ids
+
+
+def wait_list(client: redis.Redis, key: str, n: int, timeout: float, poll: float = 0.05) -> list[str]:
+    """Wait until list ``key`` holds ``n`` items; return them (raise after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while client.llen(key) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{key}: {client.llen(key)} of {n} items after {timeout}s")
+        time.sleep(poll)
+    return list(client.lrange(key, 0, -1))
+
+
+def stamps(items: list[str]) -> list[tuple[float, float]]:
+    """Parse "<ran> <due>" records (``bench.stamp``, ``bench::Probe``) into (ran, due) pairs."""
+    pairs = [item.split() for item in items]
+    return [(float(ran), float(due)) for ran, due in pairs]
+
+
+def wait_for(predicate: Any, timeout: float, poll: float = 0.01, what: str = "condition") -> float:
+    """Poll ``predicate()`` until true; return the local time it first was (raise after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not reached within {timeout}s")
+        time.sleep(poll)
+    return time.time()
+
+
 def delete_run_keys(client: redis.Redis, pattern: str) -> int:
     """Delete every key matching ``pattern`` (a finished run's keys); return how many."""
     n = 0
@@ -255,6 +330,23 @@ def delete_run_keys(client: redis.Redis, pattern: str) -> int:
 
 
 # -- reporting ------------------------------------------------------------------------------
+
+
+def quantiles(values: list[float], scale: float = 1000.0) -> dict[str, float]:
+    """p50, p99, max and mean of ``values`` times ``scale`` (default: seconds to ms)."""
+    if not values:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"), "mean": float("nan")}
+    v = sorted(values)
+
+    def pick(q: float) -> float:
+        return v[min(len(v) - 1, max(0, round(q * (len(v) - 1))))] * scale
+
+    return {"n": len(v), "p50": pick(0.5), "p99": pick(0.99), "max": v[-1] * scale, "mean": scale * sum(v) / len(v)}
+
+
+def fmt_q(q: dict[str, float]) -> str:
+    """``p50 … / p99 … / max … ms``."""
+    return f"p50 {q['p50']:.2f} / p99 {q['p99']:.2f} / max {q['max']:.2f} ms (n={q['n']})"
 
 
 def machine() -> str:

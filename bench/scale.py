@@ -1,7 +1,10 @@
 """Scale: NEPI's test_concurrency shape (one node, N applications, no sleeps) for growing N.
 
-    .venv/bin/python -m bench.scale [--ns 100,1000,3000] [--workers 1] [--concurrency 8]
-    .venv/bin/python -m bench.scale --ns 100,1000,3000,10000     # the issue's full range, ~8 min
+    .venv/bin/python -m bench.scale [--ns 100,1000,3000,10000] [--workers 1] [--concurrency 8]
+    .venv/bin/python -m bench.scale --ns 100,1000,3000     # a quicker run
+
+The results are also written as JSON (``--json``, default ``bench/scale.json``)
+for ``python -m bench.plot``, which draws ``bench/scale.png``.
 
 For each N, on one private Redis and the same external workers, a fresh
 controller registers one ``bench::Node`` and N ``bench::App`` connected to it,
@@ -22,13 +25,26 @@ until ``ec.wait_finished(apps)`` returns:
 
 The raw Celery floor is measured in the same run (noop tasks through the same
 workers) and shown as the time the same number of messages takes raw.
+
+``--workers 1,2`` repeats the whole measurement with 1 and then 2 worker
+processes (a fresh cluster each).  ``--nepi SCRIPT`` (or ``NEPI_BENCH_SCRIPT``)
+also times NEPI's own controller on the same shape in the same run: SCRIPT is
+run as ``python SCRIPT --n N`` and must print ``deploy->finished <s> s``.  NEPI
+is not shipped here (this project copies none of it): point SCRIPT at a
+Python 3 port of NEPI's ``test_concurrency`` (see bench/README.md).  Without
+it, the plot shows the NEPI figures quoted in issue 5.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from nepi_dist import ExperimentController, ResourceAction, ResourceState
@@ -36,9 +52,8 @@ from nepi_dist import ExperimentController, ResourceAction, ResourceState
 from . import rms  # noqa: F401  (registers bench RM types in this process)
 from .common import Cluster, delete_run_keys, machine, raw_app, run_noops, self_cpu, setup_logging, table, today
 
-#: N = 10,000 is left out of the default run: with one worker process it takes ~4.5 min
-#: here (deploy to finished ~200 s, plus describe and release); ask for it with --ns.
-DEFAULT_NS = (100, 1000, 3000)
+#: The issue's N list; pass a shorter --ns for a quick run (N = 10,000 alone takes minutes here).
+DEFAULT_NS = (100, 1000, 3000, 10000)
 
 
 def run_shape(cluster: Cluster, n: int, timeout: float) -> dict[str, Any]:
@@ -86,32 +101,43 @@ def run_shape(cluster: Cluster, n: int, timeout: float) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
-    parser.add_argument("--ns", default=",".join(map(str, DEFAULT_NS)),
-                        help=f"comma-separated N (default {','.join(map(str, DEFAULT_NS))})")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
-    parser.add_argument("--raw-n", type=int, default=2000, help="raw noop tasks for the baseline (default 2000)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="per-N wait timeout, s")
-    args = parser.parse_args(argv)
-    ns = [int(x) for x in args.ns.split(",") if x.strip()]
-    setup_logging()
+def run_nepi(script: str, n: int, timeout: float) -> float:
+    """Time NEPI's controller on the same shape: run ``python SCRIPT --n N``, return its deploy->finished s."""
+    out = subprocess.run(
+        [sys.executable, script, "--n", str(n)], capture_output=True, text=True, timeout=timeout, check=True
+    ).stdout
+    found = re.search(r"deploy->finished ([0-9.]+) s", out)
+    if found is None:
+        raise RuntimeError(f"{script} --n {n} printed no 'deploy->finished <s> s': {out[-500:]!r}")
+    return float(found.group(1))
 
+
+def measure(workers: int, concurrency: int, ns: list[int], raw_n: int, timeout: float) -> dict[str, Any]:
+    """On a fresh cluster of ``workers`` processes: raw floor, then the shape for every N, then raw again."""
     results: list[dict[str, Any]] = []
-    with Cluster(args.workers, args.concurrency) as cluster:
+    with Cluster(workers, concurrency) as cluster:
         run_noops(raw_app(cluster.url), cluster.client, 200)  # warm-up
-        run_shape(cluster, 20, args.timeout)
-        raw_s = run_noops(raw_app(cluster.url), cluster.client, args.raw_n)
-        raw_rate = args.raw_n / raw_s
+        run_shape(cluster, 20, timeout)
+        raw_rate = raw_n / run_noops(raw_app(cluster.url), cluster.client, raw_n)
         for n in ns:
-            r = run_shape(cluster, n, args.timeout)
+            r = run_shape(cluster, n, timeout)
             r["raw_floor_s"] = r["msgs"] / raw_rate
             results.append(r)
-            print(f"N={n}: {r['seconds']:.2f} s, {r['msgs_per_rm']:.2f} msgs/RM, "
+            print(f"{workers} worker(s), N={n}: {r['seconds']:.2f} s, {r['msgs_per_rm']:.2f} msgs/RM, "
                   f"{r['mem_per_rm']:.0f} B/RM, controller CPU {r['ctl_cpu_s']:.2f} s", flush=True)
-        raw_after = args.raw_n / run_noops(raw_app(cluster.url), cluster.client, args.raw_n)
+        raw_after = raw_n / run_noops(raw_app(cluster.url), cluster.client, raw_n)
+    return {
+        "workers": workers,
+        "concurrency": concurrency,
+        "raw_tasks_per_s": round(raw_rate, 1),
+        "raw_tasks_per_s_after": round(raw_after, 1),
+        "runs": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in results],
+    }
 
+
+def report(config: dict[str, Any], nepi: dict[int, float]) -> str:
+    """The Markdown table of one worker configuration."""
+    results = config["runs"]
     by_n = {r["n"]: r for r in results}
     rows = []
     for i, r in enumerate(results):
@@ -119,34 +145,59 @@ def main(argv: list[str] | None = None) -> int:
         growth = f"{r['seconds'] / tenth['seconds']:.1f}" if tenth else "-"
         prev = results[i - 1] if i else None
         step = f"{r['seconds'] / prev['seconds']:.1f} for x{r['n'] / prev['n']:.3g}" if prev else "-"
+        vs_nepi = f"{nepi[r['n']]:.2f} ({nepi[r['n']] / r['seconds']:.1f}x)" if r["n"] in nepi else "-"
         rows.append([
             r["n"], f"{r['seconds']:.2f}", f"{r['ms_per_rm']:.2f}", growth, step,
-            f"{r['raw_floor_s']:.2f}", f"{r['seconds'] / r['raw_floor_s']:.1f}",
+            f"{r['raw_floor_s']:.2f}", f"{r['seconds'] / r['raw_floor_s']:.1f}", vs_nepi,
             f"{r['msgs_per_rm']:.2f}", f"{r['mem_per_rm']:.0f}",
             f"{r['ctl_cpu_s']:.2f}", f"{r['worker_cpu_s']:.2f}", f"{r['redis_cpu_s']:.2f}",
             f"{r['describe_s']:.2f}", f"{r['release_s']:.2f}",
         ])
-    print(f"\n# scale {today()} — {machine()}")
-    print(f"# {args.workers} worker process(es) x {args.concurrency} threads; raw Celery noop "
-          f"{raw_rate:.0f} tasks/s before, {raw_after:.0f} after (same workers)")
-    print(table(
+    head = (f"# {config['workers']} worker process(es) x {config['concurrency']} threads; raw Celery noop "
+            f"{config['raw_tasks_per_s']:.0f} tasks/s before, {config['raw_tasks_per_s_after']:.0f} after")
+    return head + "\n" + table(
         ["N apps", "deploy→finished s", "ms/RM", "t(N)/t(N/10)", "vs previous N", "raw floor s",
-         "x raw floor", "msgs/RM", "Redis B/RM", "ctl CPU s", "worker CPU s", "Redis CPU s",
-         "describe s", "release s"],
+         "x raw floor", "NEPI s (NEPI ÷ nepi_dist)", "msgs/RM", "Redis B/RM", "ctl CPU s",
+         "worker CPU s", "Redis CPU s", "describe s", "release s"],
         rows,
-    ))
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
+    parser.add_argument("--ns", default=",".join(map(str, DEFAULT_NS)),
+                        help=f"comma-separated N (default {','.join(map(str, DEFAULT_NS))})")
+    parser.add_argument("--workers", default="1", help="comma-separated worker process counts (default 1)")
+    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument("--raw-n", type=int, default=2000, help="raw noop tasks for the baseline (default 2000)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="per-N wait timeout, s")
+    parser.add_argument("--nepi", default=os.environ.get("NEPI_BENCH_SCRIPT", ""),
+                        help="a script timing NEPI's controller on this shape (default $NEPI_BENCH_SCRIPT)")
+    parser.add_argument("--json", default=str(Path(__file__).with_name("scale.json")),
+                        help="write the summary here (default bench/scale.json; '' to skip)")
+    args = parser.parse_args(argv)
+    ns = [int(x) for x in args.ns.split(",") if x.strip()]
+    setup_logging()
+
+    configs = [measure(int(w), args.concurrency, ns, args.raw_n, args.timeout) for w in args.workers.split(",")]
+    nepi: dict[int, float] = {}
+    if args.nepi:
+        for n in ns:
+            nepi[n] = run_nepi(args.nepi, n, args.timeout)
+            print(f"NEPI's controller, N={n}: {nepi[n]:.2f} s", flush=True)
+
+    print(f"\n# scale {today()} — {machine()}")
+    for config in configs:
+        print(report(config, nepi))
     summary = {
         "bench": "scale",
         "date": today(),
-        "workers": args.workers,
-        "concurrency": args.concurrency,
-        "raw_tasks_per_s": round(raw_rate, 1),
-        "raw_tasks_per_s_after": round(raw_after, 1),
-        "runs": [
-            {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in results
-        ],
+        "configs": configs,
+        "nepi_measured": {str(n): round(t, 3) for n, t in nepi.items()},
     }
     print("SUMMARY " + json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 
 

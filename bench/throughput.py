@@ -28,11 +28,12 @@ from .common import Cluster, delete_run_keys, machine, raw_app, run_noops, setup
 ACTIONS_PER_RM = 3  # deploy_with_conditions, start_with_conditions, finish
 
 
-def measure_raw(cluster: Cluster, n: int) -> dict[str, float]:
+def measure_raw(cluster: Cluster, n: int) -> dict[str, Any]:
     app = raw_app(cluster.url)
-    before = cluster.snapshot()
+    calls0, before = cluster.command_calls(), cluster.snapshot()
     run_noops(app, cluster.client, n)
     d = cluster.delta(before)
+    calls = {k: v - calls0.get(k, 0) for k, v in cluster.command_calls().items()}
     return {
         "n": n,
         "seconds": d["wall"],
@@ -42,19 +43,21 @@ def measure_raw(cluster: Cluster, n: int) -> dict[str, float]:
         "redis_cpu_per_task_ms": 1000 * d["redis_cpu"] / n,
         "ctl_cpu_per_task_ms": 1000 * d["ctl_cpu"] / n,
         "redis_cmds_per_task": d["cmds"] / n,
+        "commands_per_task": {k: v / n for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0},
     }
 
 
-def measure_nepi(cluster: Cluster, n: int) -> dict[str, float]:
+def measure_nepi(cluster: Cluster, n: int) -> dict[str, Any]:
     ec = ExperimentController(redis_url=cluster.url)
     try:
         t0 = time.perf_counter()
         guids = [ec.register_resource("bench::Trivial") for _ in range(n)]
         describe = time.perf_counter() - t0
-        before = cluster.snapshot()
+        calls0, before = cluster.command_calls(), cluster.snapshot()
         ec.deploy()
         ec.wait_finished(guids, timeout=600)
         d = cluster.delta(before)
+        calls = {k: v - calls0.get(k, 0) for k, v in cluster.command_calls().items()}
         states = ec._store.states(guids)
         unfinished = sum(1 for s in states if s is None or s < 5)
         if unfinished or ec.abort:
@@ -77,7 +80,21 @@ def measure_nepi(cluster: Cluster, n: int) -> dict[str, float]:
         "ctl_cpu_per_action_ms": 1000 * d["ctl_cpu"] / actions,
         "redis_cmds_per_action": d["cmds"] / actions,
         "release_s": release,
+        "commands_per_rm": {k: v / n for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0},
     }
+
+
+def run(workers: int, concurrency: int, pool: str, n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """On a fresh cluster: warm up, then raw, nepi_dist and raw again; return the three measurements."""
+    with Cluster(workers, concurrency, pool) as cluster:
+        # warm-up: connections, Lua script loading, imports in the workers
+        run_noops(raw_app(cluster.url), cluster.client, 200)
+        measure_nepi(cluster, 50)
+
+        raw1 = measure_raw(cluster, n)
+        nepi = measure_nepi(cluster, n)
+        raw2 = measure_raw(cluster, n)
+    return raw1, nepi, raw2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,15 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    with Cluster(args.workers, args.concurrency, args.pool) as cluster:
-        # warm-up: connections, Lua script loading, imports in the workers
-        run_noops(raw_app(cluster.url), cluster.client, 200)
-        measure_nepi(cluster, 50)
-
-        raw1 = measure_raw(cluster, args.n)
-        nepi = measure_nepi(cluster, args.n)
-        raw2 = measure_raw(cluster, args.n)
-
+    raw1, nepi, raw2 = run(args.workers, args.concurrency, args.pool, args.n)
     raw_best = max(raw1["tasks_per_s"], raw2["tasks_per_s"])
     ratio = nepi["actions_per_s"] / raw_best
     print(f"# throughput {today()} — {machine()}")

@@ -1,0 +1,195 @@
+"""Abort: N pending actions, one critical failure; how fast the run goes quiet, and what still ran.
+
+    .venv/bin/python -m bench.abort [--n 10000] [--window 5] [--fail-at 1] [--workers 1]
+
+nepi_dist: one ``bench::Probe`` RM and N of its ``probe`` actions scheduled
+with ``ec.schedule`` (each a Celery task with an ETA), due evenly over a window
+of ``--window`` seconds; each one that runs records when its body ran.  A
+``bench::Critical`` RM's ``crash`` action is scheduled ``--fail-at`` seconds
+into the window: it fails the RM, and the FAILED transition (one Lua script)
+raises the run's failure level and rings the failure manager's alarm.  The
+*abort mark* is that transition's Redis timestamp (``t7``).  From then on the
+claim script refuses every action of the run (``skip:aborted``), and the
+failure manager drops the pending set and revokes the Celery tasks.
+
+Measured: probes that ran before / after the mark (target: none after),
+quiescent = last probe body after the mark (0 when none ran after it;
+target <= 1 s), when the pending set was emptied (polled every 2 ms), and
+when the worker had disposed of every message (queue and unacked empty).
+
+Raw Celery baseline, same run: N ``bench.stamp`` ETA tasks over the same
+window, and at ``--fail-at`` the benchmark revokes all of them with
+``app.control.revoke`` (the mark is just before that call): Celery's own
+revoke, to compare with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from nepi_dist import ExperimentController
+from nepi_dist.routing import POOL_QUEUE
+
+from .common import (
+    Cluster,
+    delete_run_keys,
+    machine,
+    publish_stamps,
+    quantiles,
+    raw_app,
+    setup_logging,
+    stamps,
+    today,
+)
+from .rms import Critical, Probe, probe_key
+
+
+def held(cluster: Cluster) -> int:
+    """Messages still queued or held unacknowledged by a worker (kombu's ``unacked`` hash)."""
+    return int(cluster.client.llen(POOL_QUEUE)) + int(cluster.client.hlen("unacked"))
+
+
+def drain(cluster: Cluster, mark: float, window: float, fail_at: float, grace: float) -> dict[str, Any]:
+    """Wait until the worker disposed of every message, or until ``grace`` s after the window's end."""
+    deadline = mark + (window - fail_at) + grace
+    while held(cluster) and time.time() < deadline:
+        time.sleep(0.05)
+    left = held(cluster)
+    return {"held_at_end": left, "drained_s": (time.time() - mark) if not left else float("nan")}
+
+
+def outcome(runs: list[tuple[float, float]], mark: float, extra: dict[str, Any]) -> dict[str, Any]:
+    after = [ran for ran, _ in runs if ran > mark]
+    late = quantiles([ran - due for ran, due in runs if ran <= mark])
+    return {
+        "before_late_p50_ms": late["p50"],
+        "before_late_p99_ms": late["p99"],
+        "ran_before": len(runs) - len(after),
+        "ran_after": len(after),
+        "quiescent_ms": 1000 * (max(after) - mark) if after else 0.0,
+        **extra,
+    }
+
+
+def raw_abort(cluster: Cluster, n: int, window: float, fail_at: float, lead: float, grace: float) -> dict[str, Any]:
+    app = raw_app(cluster.url)
+    key = f"bench:abort:{os.urandom(6).hex()}"
+    base = time.time() + lead
+    ids = publish_stamps(app, key, [base + window * i / n for i in range(n)])
+    published = time.time()
+    time.sleep(max(0.0, base + fail_at - time.time()))
+    mark = time.time()
+    app.control.revoke(ids)
+    revoked_ms = 1000 * (time.time() - mark)
+    drained = drain(cluster, mark, window, fail_at, grace)
+    runs = stamps(list(cluster.client.lrange(key, 0, -1)))
+    cluster.client.delete(key)
+    return outcome(runs, mark, {"publish_s": published - (base - lead), "late_publish": published > base,
+                                "revoke_call_ms": revoked_ms, **drained})
+
+
+def nepi_abort(
+    cluster: Cluster, n: int, window: float, fail_at: float, lead: float, grace: float, timeout: float
+) -> dict[str, Any]:
+    ec = ExperimentController(redis_url=cluster.url)
+    keys = ec._store.keys
+    try:
+        probe = ec.get_resource(ec.register_resource("bench::Probe"))
+        crit = ec.get_resource(ec.register_resource("bench::Critical"))
+        assert isinstance(probe, Probe) and isinstance(crit, Critical)
+        base = time.time() + lead
+        for i in range(n):
+            due = base + window * i / n
+            ec.schedule(f"{max(0.0, due - time.time()):.6f}s", functools.partial(probe.probe, due))
+        published = time.time()
+        ec.schedule(f"{max(0.0, base + fail_at - time.time()):.6f}s", crit.crash)
+        # watch the run's pending set from here: when did the failure manager empty it?
+        pending_empty = None
+        deadline = time.monotonic() + window + timeout
+        while pending_empty is None and time.monotonic() < deadline:
+            pipe = cluster.client.pipeline(transaction=False)
+            pipe.hget(keys.run, "fl")
+            pipe.zcard(keys.pending)
+            fl, left = pipe.execute()
+            if fl != "1" and left == 0:
+                pending_empty = time.time()
+            else:
+                time.sleep(0.002)
+        mark = float(crit.failed_time or "nan")
+        drained = drain(cluster, mark, window, fail_at, grace)
+        running = cluster.client.hlen(keys.running)
+        runs = stamps(list(cluster.client.lrange(probe_key(ec.exp_id), 0, -1)))
+        if not ec.abort:
+            raise RuntimeError("the critical failure did not abort the run")
+    finally:
+        ec.shutdown()
+        cluster.client.delete(probe_key(ec.exp_id))
+    delete_run_keys(cluster.client, keys.pattern())
+    return outcome(runs, mark, {
+        "publish_s": published - (base - lead),
+        "late_publish": published > base,
+        "pending_empty_ms": 1000 * (pending_empty - mark) if pending_empty else float("nan"),
+        "running_at_end": running,
+        **drained,
+    })
+
+
+def disposed(r: dict[str, Any]) -> str:
+    if r["held_at_end"]:
+        return f"the worker still held {r['held_at_end']} revoked messages at the end of the grace period"
+    return f"every message disposed of {r['drained_s']:.2f} s after the mark"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.abort", description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=10000, help="pending actions (default 10000)")
+    parser.add_argument("--window", type=float, default=5.0, help="the actions are due over this many s (default 5)")
+    parser.add_argument("--fail-at", type=float, default=1.0, help="the failure, s into the window (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument("--grace", type=float, default=20.0,
+                        help="wait at most this long after the window for the worker to dispose of every message")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    with Cluster(args.workers, args.concurrency) as cluster:
+        # warm-up, which also times publishing to choose how far ahead the window starts
+        warm = nepi_abort(cluster, 500, 0.5, 0.25, 2.0, 0.0, args.timeout)
+        lead = 2.0 + 1.5 * warm["publish_s"] / 500 * args.n
+        cluster.restart_workers()  # each phase starts with workers holding no revoked ETA tasks
+        raw = raw_abort(cluster, args.n, args.window, args.fail_at, lead, args.grace)
+        cluster.restart_workers()
+        nepi = nepi_abort(cluster, args.n, args.window, args.fail_at, lead, args.grace, args.timeout)
+
+    print(f"# abort {today()} — {machine()}")
+    print(f"# {args.workers} worker process(es) x {args.concurrency} threads; N = {args.n} actions due over "
+          f"{args.window:g} s, failure {args.fail_at:g} s into the window (published {lead:.1f} s ahead)")
+    print(f"raw Celery revoke: {raw['ran_before']} ran before the mark, {raw['ran_after']} after "
+          f"(last {raw['quiescent_ms']:.1f} ms after; those before ran {raw['before_late_p50_ms']:.0f} / "
+          f"{raw['before_late_p99_ms']:.0f} ms late p50/p99); revoke call {raw['revoke_call_ms']:.1f} ms; "
+          f"{disposed(raw)}")
+    print(f"nepi_dist abort:   {nepi['ran_before']} ran before the mark, {nepi['ran_after']} after "
+          f"(last {nepi['quiescent_ms']:.1f} ms after; those before ran {nepi['before_late_p50_ms']:.0f} / "
+          f"{nepi['before_late_p99_ms']:.0f} ms late p50/p99); pending set emptied {nepi['pending_empty_ms']:.1f} ms "
+          f"after the mark; {disposed(nepi)}; "
+          f"{nepi['running_at_end']} actions still marked running")
+    ok = nepi["ran_after"] == 0 and nepi["quiescent_ms"] <= 1000
+    print(f"target (quiescent <= 1 s, nothing started after the mark): {'met' if ok else 'MISSED'}")
+    if nepi["late_publish"] or raw["late_publish"]:
+        print("warning: publishing overran the window's start; raise the lead (slow machine?)")
+    summary = {"bench": "abort", "date": today(), "n": args.n, "window_s": args.window, "fail_at_s": args.fail_at,
+               "workers": args.workers, "concurrency": args.concurrency,
+               "raw": {k: round(v, 3) if isinstance(v, float) else v for k, v in raw.items()},
+               "nepi": {k: round(v, 3) if isinstance(v, float) else v for k, v in nepi.items()}}
+    print("SUMMARY " + json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
