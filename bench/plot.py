@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
                 label=f"raw Celery floor, {w} worker process(es) (same messages, same run)")
     if data.get("nepi_measured"):
         nepi = {int(n): t for n, t in data["nepi_measured"].items()}
-        ax.plot(list(nepi), list(nepi.values()), "^:", label="NEPI's controller (measured in the same run)")
+        done = {n: t for n, t in nepi.items() if t > 0}
+        ax.plot(list(done), list(done.values()), "^:", label="NEPI's controller (measured in the same run)")
+        late = {n: -t for n, t in nepi.items() if t <= 0}
+        if late:
+            ax.plot(list(late), list(late.values()), "^", markerfacecolor="none",
+                    label="NEPI's controller: not finished after this long")
     else:
         ax.plot(list(NEPI_FIGURES), list(NEPI_FIGURES.values()), "^:", label="NEPI's controller (issue 5 figures)")
     if first is not None:

@@ -32,7 +32,9 @@ also times NEPI's own controller on the same shape in the same run: SCRIPT is
 run as ``python SCRIPT --n N`` and must print ``deploy->finished <s> s``.  NEPI
 is not shipped here (this project copies none of it): point SCRIPT at a
 Python 3 port of NEPI's ``test_concurrency`` (see bench/README.md).  Without
-it, the plot shows the NEPI figures quoted in issue 5.
+it, the plot shows the NEPI figures quoted in issue 5.  ``--nepi-ns`` picks the
+N to time NEPI at; a NEPI run longer than ``--nepi-timeout`` is killed and
+recorded as "> timeout" (negative in the JSON).
 """
 
 from __future__ import annotations
@@ -101,11 +103,17 @@ def run_shape(cluster: Cluster, n: int, timeout: float) -> dict[str, Any]:
     }
 
 
-def run_nepi(script: str, n: int, timeout: float) -> float:
-    """Time NEPI's controller on the same shape: run ``python SCRIPT --n N``, return its deploy->finished s."""
-    out = subprocess.run(
-        [sys.executable, script, "--n", str(n)], capture_output=True, text=True, timeout=timeout, check=True
-    ).stdout
+def run_nepi(script: str, n: int, timeout: float) -> float | None:
+    """Time NEPI's controller on the same shape: run ``python SCRIPT --n N``; its deploy->finished s.
+
+    None when it did not finish within ``timeout`` seconds (it is killed).
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, script, "--n", str(n)], capture_output=True, text=True, timeout=timeout, check=True
+        ).stdout
+    except subprocess.TimeoutExpired:
+        return None
     found = re.search(r"deploy->finished ([0-9.]+) s", out)
     if found is None:
         raise RuntimeError(f"{script} --n {n} printed no 'deploy->finished <s> s': {out[-500:]!r}")
@@ -145,7 +153,9 @@ def report(config: dict[str, Any], nepi: dict[int, float]) -> str:
         growth = f"{r['seconds'] / tenth['seconds']:.1f}" if tenth else "-"
         prev = results[i - 1] if i else None
         step = f"{r['seconds'] / prev['seconds']:.1f} for x{r['n'] / prev['n']:.3g}" if prev else "-"
-        vs_nepi = f"{nepi[r['n']]:.2f} ({nepi[r['n']] / r['seconds']:.1f}x)" if r["n"] in nepi else "-"
+        t = nepi.get(r["n"])
+        vs_nepi = "-" if t is None else (f"{t:.2f} ({t / r['seconds']:.1f}x)" if t > 0 else
+                                         f"> {-t:.0f} (> {-t / r['seconds']:.0f}x)")
         rows.append([
             r["n"], f"{r['seconds']:.2f}", f"{r['ms_per_rm']:.2f}", growth, step,
             f"{r['raw_floor_s']:.2f}", f"{r['seconds'] / r['raw_floor_s']:.1f}", vs_nepi,
@@ -173,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="per-N wait timeout, s")
     parser.add_argument("--nepi", default=os.environ.get("NEPI_BENCH_SCRIPT", ""),
                         help="a script timing NEPI's controller on this shape (default $NEPI_BENCH_SCRIPT)")
+    parser.add_argument("--nepi-ns", default="", help="the N to time NEPI at (default: --ns)")
+    parser.add_argument("--nepi-timeout", type=float, default=600.0,
+                        help="give NEPI this many seconds per N, then record it as slower (default 600)")
     parser.add_argument("--json", default=str(Path(__file__).with_name("scale.json")),
                         help="write the summary here (default bench/scale.json; '' to skip)")
     args = parser.parse_args(argv)
@@ -180,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     configs = [measure(int(w), args.concurrency, ns, args.raw_n, args.timeout) for w in args.workers.split(",")]
-    nepi: dict[int, float] = {}
+    nepi: dict[int, float] = {}  # N -> seconds; -timeout when it did not finish in time
     if args.nepi:
-        for n in ns:
-            nepi[n] = run_nepi(args.nepi, n, args.timeout)
-            print(f"NEPI's controller, N={n}: {nepi[n]:.2f} s", flush=True)
+        for n in [int(x) for x in (args.nepi_ns or args.ns).split(",") if x.strip()]:
+            took = run_nepi(args.nepi, n, args.nepi_timeout)
+            nepi[n] = -args.nepi_timeout if took is None else took
+            print(f"NEPI's controller, N={n}: " + (f"{took:.2f} s" if took is not None else
+                  f"not finished after {args.nepi_timeout:.0f} s"), flush=True)
 
     print(f"\n# scale {today()} — {machine()}")
     for config in configs:

@@ -11,7 +11,9 @@ Settings chosen against the known Celery + Redis pitfalls (see README):
   published only when it comes within the horizon, so no ETA message is held
   past the visibility timeout (no duplicate delivery) and far-future work
   never piles up in one worker's memory;
-* ``worker_prefetch_multiplier=1``: a worker reserves one due task at a time.
+* ``worker_prefetch_multiplier=1``: a worker reserves one due task at a time;
+* every worker runs the :class:`~nepi_dist.hub.TimerCatchUp` step: ETA tasks
+  due together run at once, not 10 per second.
 """
 
 from __future__ import annotations
@@ -67,10 +69,12 @@ def settings(redis_url: str, **overrides: Any) -> dict[str, Any]:
 
 def create_app(redis_url: str | None = None, **overrides: Any) -> Celery:
     """Return a Celery app on ``redis_url`` (default: $NEPI_DIST_REDIS_URL) with nepi's tasks."""
+    from .hub import TimerCatchUp
     from .tasks import register_tasks
 
     url = redis_url or os.environ.get(REDIS_URL_ENV) or "redis://127.0.0.1:6379/0"
     app = Celery("nepi_dist", set_as_current=False)
     app.conf.update(settings(url, **overrides))
+    app.steps["worker"].add(TimerCatchUp)
     register_tasks(app)
     return app

@@ -49,12 +49,14 @@ def batches(
     Actions with the same queue and due time share messages of up to
     ``BATCH_MAX`` actions, sized so that a group of n still makes at least
     ``min(n, spread)`` messages for the workers to share; fewer than
-    ``2 * spread`` actions travel one per message.
+    ``2 * spread`` actions travel one per message.  Messages come earliest
+    due first: publishing a thousand woken actions takes a while, and those
+    due soonest must not wait behind the others.
     """
     groups: dict[tuple[str, float], list[Dispatch]] = {}
     for item in items:
         groups.setdefault((route(int(item[1]["g"])), item[2]), []).append(item)
-    for (queue, due), members in groups.items():
+    for (queue, due), members in sorted(groups.items(), key=lambda group: group[0][1]):
         size = max(1, min(BATCH_MAX, len(members) // spread))
         for i in range(0, len(members), size):
             yield queue, due, members[i:i + size]

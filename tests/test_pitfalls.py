@@ -14,9 +14,13 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import importlib.metadata
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -35,6 +39,8 @@ from nepi_dist.context import ACTION_TASK
 from nepi_dist.embedded import EmbeddedRedis
 from nepi_dist.keys import worker_key
 from nepi_dist.routing import POOL_QUEUE
+
+from .conftest import ROOT, stop_process, wait_for_workers
 
 TICKER = "PitfallsTicker"
 
@@ -179,6 +185,65 @@ def test_plain_celery_delivers_an_eta_task_beyond_the_visibility_timeout_twice(
         previous.set_current()
         client.close()
     assert int(client.get("pitfalls:raw_ticks") or 0) >= 2, "plain Celery ran the ETA task only once"
+
+
+# -- a2) a burst of ETA tasks due together -------------------------------------------------
+
+
+def revoked_burst_drain(url: str, app_name: str, n: int = 60) -> float:
+    """Seconds after their ETA until a worker of ``tests.eta_burst:<app_name>`` let go of n revoked ETA tasks.
+
+    The n tasks are due at the same moment, 2 s ahead; the worker receives
+    them (they wait in its timer as unacknowledged messages), they are
+    revoked, and at their ETA the worker discards them: no pool thread runs,
+    so nothing but the timer wakes the worker's event loop.
+    """
+    from . import eta_burst
+
+    queue = f"burst.{app_name}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NEPI_DIST_REDIS_URL=url)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", f"tests.eta_burst:{app_name}", "worker", "--pool", "threads",
+         "--concurrency", "8", "-Q", queue, "--hostname", f"{app_name}@%h", "--loglevel", "WARNING"],
+        env=env, cwd=str(ROOT),
+    )
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        wait_for_workers(url, 1)
+        app = Celery("burst-sender", set_as_current=False)
+        app.conf.update(settings(url))
+        due = time.time() + 2.0
+        eta = datetime.datetime.fromtimestamp(due, tz=datetime.UTC)
+        ids = [f"burst-{app_name}-{i}" for i in range(n)]
+        with app.producer_or_acquire() as producer:
+            for tid in ids:
+                app.send_task(eta_burst.STAMP, args=["burst:ran"], eta=eta, queue=queue, task_id=tid,
+                              producer=producer)
+        deadline = time.monotonic() + 10
+        while client.hlen("unacked") < n and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
+        assert client.hlen("unacked") == n, "the worker did not receive every ETA task"
+        app.control.revoke(ids)
+        deadline = time.monotonic() + 30
+        while client.hlen("unacked") and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
+        assert client.hlen("unacked") == 0, "the worker still holds revoked tasks after 30 s"
+        assert client.llen("burst:ran") == 0, "a revoked task ran"
+        return time.time() - due
+    finally:
+        client.close()
+        stop_process(worker)
+
+
+def test_plain_celery_lets_go_of_revoked_eta_tasks_due_together_only_ten_per_second(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The control experiment: kombu fires 10 due timers, then polls a quiet socket for 1 s."""
+    assert revoked_burst_drain(redis_server.url, "plain") > 3.0
+
+
+def test_a_nepi_worker_lets_go_of_revoked_eta_tasks_due_together_at_once(redis_server: EmbeddedRedis) -> None:
+    assert revoked_burst_drain(redis_server.url, "nepi") < 0.5
 
 
 # -- b) ETA pile-up -----------------------------------------------------------------------
