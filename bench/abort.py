@@ -49,6 +49,12 @@ from .common import (
 from .rms import Critical, Probe, probe_key
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def held(cluster: Cluster) -> int:
     """Messages still queued or held unacknowledged by a worker (kombu's ``unacked`` hash)."""
     return int(cluster.client.llen(POOL_QUEUE)) + int(cluster.client.hlen("unacked"))
@@ -103,10 +109,12 @@ def nepi_abort(
         crit = ec.get_resource(ec.register_resource("bench::Critical"))
         assert isinstance(probe, Probe) and isinstance(crit, Critical)
         base = time.time() + lead
+        rss0 = resident_bytes()
         for i in range(n):
             due = base + window * i / n
             ec.schedule(f"{max(0.0, due - time.time()):.6f}s", functools.partial(probe.probe, due))
         published = time.time()
+        rss_growth = resident_bytes() - rss0  # the controller keeps no record of an untracked action
         ec.schedule(f"{max(0.0, base + fail_at - time.time()):.6f}s", crit.crash)
         # watch the run's pending set from here: when did the failure manager empty it?
         pending_empty = None
@@ -135,6 +143,7 @@ def nepi_abort(
         "late_publish": published > base,
         "pending_empty_ms": 1000 * (pending_empty - mark) if pending_empty else float("nan"),
         "running_at_end": running,
+        "ctl_rss_growth_b": rss_growth,
         **drained,
     })
 
@@ -178,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(last {nepi['quiescent_ms']:.1f} ms after; those before ran {nepi['before_late_p50_ms']:.0f} / "
           f"{nepi['before_late_p99_ms']:.0f} ms late p50/p99); pending set emptied {nepi['pending_empty_ms']:.1f} ms "
           f"after the mark; {disposed(nepi)}; "
-          f"{nepi['running_at_end']} actions still marked running")
+          f"{nepi['running_at_end']} actions still marked running; the controller's resident memory grew "
+          f"{nepi['ctl_rss_growth_b'] / 1024:.0f} KiB while it scheduled the {args.n} actions")
     ok = nepi["ran_after"] == 0 and nepi["quiescent_ms"] <= 1000
     print(f"target (quiescent <= 1 s, nothing started after the mark): {'met' if ok else 'MISSED'}")
     if nepi["late_publish"] or raw["late_publish"]:
