@@ -328,12 +328,7 @@ class ResourceManager:
     @property
     def conditions(self) -> dict[ResourceAction, list[tuple[list[int], ResourceState, Any]]]:
         """The registered conditions: action -> [(group, state, time)]."""
-        raw = self._store.rm_field(self._guid, "cond")
-        conds = json.loads(raw) if raw else {}
-        return {
-            ResourceAction(int(a)): [(list(g), ResourceState(s), t) for g, s, t in lst]
-            for a, lst in conds.items()
-        }
+        return _parse_conditions(self._store.rm_field(self._guid, "cond"))
 
     def register_condition(
         self, action: ResourceAction | int, group: int | Iterable[int], state: Any, time: Any = None
@@ -510,18 +505,30 @@ class ResourceManager:
         self,
         method: str,
         args: list[Any],
-        conditions: list[tuple[list[int], int, Any]],
+        conditions: ResourceAction | list[tuple[list[int], int, Any]],
         lowest: ResourceState | None = None,
         allowed: tuple[ResourceState, ...] = (),
     ) -> bool:
         """Return True when the action may run now; otherwise park or delay it.
 
+        ``conditions``: the list to check, or the action whose registered
+        conditions apply (read in the same round trip as the state).
         ``lowest``/``allowed``: the RM's own state must be in ``allowed``;
         below ``lowest`` the action parks on the RM itself, above it is dropped.
         """
         payload = {"g": self._guid, "m": method, "a": args}
+        state: ResourceState | None = None
+        if isinstance(conditions, ResourceAction):
+            action = conditions
+            if allowed:
+                raw_state, raw_cond = self._store.rm_fields(self._guid, "state", "cond")
+                state = ResourceState(int(raw_state)) if raw_state is not None else None
+            else:
+                raw_cond = self._store.rm_field(self._guid, "cond")
+            conditions = [(g, int(st), t) for g, st, t in _parse_conditions(raw_cond).get(action, [])]
         if allowed:
-            state = self.state
+            if state is None:
+                state = self.state  # raises when the RM is unknown
             if state not in allowed:
                 if lowest is not None and state < lowest:
                     if self._ec._park_or_delay(payload, [self._guid], lowest, 0.0):
@@ -529,17 +536,14 @@ class ResourceManager:
                 else:
                     self.debug(f"{method} dropped: state is {state.name}")
                     return False
-        for group, st, time in conditions:
-            if self._ec._park_or_delay(payload, group, st, delay_seconds(time)):
+        for group, st, after in conditions:
+            if self._ec._park_or_delay(payload, group, st, delay_seconds(after)):
                 return False
         return True
 
-    def _conditions_of(self, action: ResourceAction) -> list[tuple[list[int], int, Any]]:
-        return [(g, int(s), t) for g, s, t in self.conditions.get(action, [])]
-
     @failtrap
     def deploy_with_conditions(self) -> None:
-        if self._gate("deploy_with_conditions", [], self._conditions_of(ResourceAction.DEPLOY)):
+        if self._gate("deploy_with_conditions", [], ResourceAction.DEPLOY):
             self.deploy()
 
     @failtrap
@@ -547,7 +551,7 @@ class ResourceManager:
         if self._gate(
             "start_with_conditions",
             [],
-            self._conditions_of(ResourceAction.START),
+            ResourceAction.START,
             ResourceState.READY,
             (ResourceState.READY, ResourceState.STOPPED),
         ):
@@ -558,7 +562,7 @@ class ResourceManager:
         if self._gate(
             "stop_with_conditions",
             [],
-            self._conditions_of(ResourceAction.STOP),
+            ResourceAction.STOP,
             ResourceState.STARTED,
             (ResourceState.STARTED,),
         ):
@@ -578,6 +582,15 @@ class ResourceManager:
             (ResourceState.STARTED,),
         ):
             self.set(name, value)
+
+
+def _parse_conditions(raw: str | None) -> dict[ResourceAction, list[tuple[list[int], ResourceState, Any]]]:
+    """Decode an RM's ``cond`` field: action -> [(group, state, time)]."""
+    conds = json.loads(raw) if raw else {}
+    return {
+        ResourceAction(int(a)): [(list(g), ResourceState(s), t) for g, s, t in lst]
+        for a, lst in conds.items()
+    }
 
 
 class ResourceRegistry:
