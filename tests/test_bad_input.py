@@ -66,11 +66,14 @@ def run_snapshot(ec: ExperimentController) -> dict[str, Any]:
 
     ``running`` (which worker holds which action) is left out: a worker may
     still be clearing its entry for an action whose effect a test waited for.
+    So is ``publishing``, a publisher's lease that expires on its own (10 s
+    after the last publish of an earlier step).
     """
     client = ec.store.client
+    volatile = {ec.store.keys.running, ec.store.keys.publishing}
     snap: dict[str, Any] = {}
     for key in client.scan_iter(match=ec.store.keys.pattern()):
-        if key == ec.store.keys.running:
+        if key in volatile:
             continue
         kind = client.type(key)
         if kind == "string":
