@@ -25,7 +25,6 @@ revoke, to compare with.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -37,6 +36,7 @@ from nepi_dist.routing import POOL_QUEUE
 
 from .common import (
     Cluster,
+    bench_parser,
     delete_run_keys,
     machine,
     publish_stamps,
@@ -155,15 +155,12 @@ def disposed(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.abort", description=__doc__.split("\n")[0])
+    parser = bench_parser("abort", __doc__, timeout=300.0)
     parser.add_argument("--n", type=int, default=10000, help="pending actions (default 10000)")
     parser.add_argument("--window", type=float, default=5.0, help="the actions are due over this many s (default 5)")
     parser.add_argument("--fail-at", type=float, default=1.0, help="the failure, s into the window (default 1)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
     parser.add_argument("--grace", type=float, default=20.0,
                         help="wait at most this long after the window for the worker to dispose of every message")
-    parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     setup_logging()
 

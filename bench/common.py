@@ -9,6 +9,7 @@ same worker processes and the same Celery settings (``nepi_dist.app.settings``).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import itertools
@@ -34,6 +35,27 @@ from .rms import HOP_TASK, NOOP_TASK, STAMP_TASK
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- options -------------------------------------------------------------------------
+
+
+def bench_parser(
+    name: str, doc: str | None, *, workers: bool = True, timeout: float | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m bench.<name>``, with the options the benchmarks share.
+
+    ``--concurrency`` always; ``--workers`` (one count) unless the benchmark
+    takes several; ``--timeout`` when given a default.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=(doc or "").split("\n")[0])
+    if workers:
+        parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
+    if timeout is not None:
+        parser.add_argument("--timeout", type=float, default=timeout,
+                            help=f"wait at most this long, s (default {timeout:g})")
+    return parser
 
 
 # -- processes -----------------------------------------------------------------------

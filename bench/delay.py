@@ -26,7 +26,6 @@ Target: nepi_dist p99 <= raw p99 + 10 ms.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -36,6 +35,7 @@ from nepi_dist import ExperimentController, ResourceAction, ResourceState
 from . import rms  # noqa: F401  (registers bench RM types in this process)
 from .common import (
     Cluster,
+    bench_parser,
     delete_run_keys,
     fmt_q,
     machine,
@@ -127,13 +127,10 @@ def by_band(delays: list[float], late: list[float], bands: int = 4) -> list[list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.delay", description=__doc__.split("\n")[0])
+    parser = bench_parser("delay", __doc__, timeout=600.0)
     parser.add_argument("--n", type=int, default=1000, help="delayed RMs and raw ETA tasks (default 1000)")
     parser.add_argument("--min-delay", type=float, default=1.0, help="shortest delay, s (default 1)")
     parser.add_argument("--max-delay", type=float, default=5.0, help="longest delay, s (default 5)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
-    parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     setup_logging()
     delays = spread(args.n, args.min_delay, args.max_delay)

@@ -19,7 +19,6 @@ lower raw p99 of the two.  Target: nepi_dist p99 <= 2 x raw p99.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 
@@ -28,6 +27,7 @@ from nepi_dist import ExperimentController, ResourceAction, ResourceState
 from . import rms  # noqa: F401  (registers bench RM types in this process)
 from .common import (
     Cluster,
+    bench_parser,
     delete_run_keys,
     fmt_q,
     machine,
@@ -69,11 +69,8 @@ def nepi_hops(cluster: Cluster, n: int, timeout: float) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hop", description=__doc__.split("\n")[0])
+    parser = bench_parser("hop", __doc__, timeout=600.0)
     parser.add_argument("--n", type=int, default=1000, help="RMs in the chain and raw links (default 1000)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
-    parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -39,7 +39,6 @@ recorded as "> timeout" (negative in the JSON).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -52,7 +51,18 @@ from typing import Any
 from nepi_dist import ExperimentController, ResourceAction, ResourceState
 
 from . import rms  # noqa: F401  (registers bench RM types in this process)
-from .common import Cluster, delete_run_keys, machine, raw_app, run_noops, self_cpu, setup_logging, table, today
+from .common import (
+    Cluster,
+    bench_parser,
+    delete_run_keys,
+    machine,
+    raw_app,
+    run_noops,
+    self_cpu,
+    setup_logging,
+    table,
+    today,
+)
 
 #: The issue's N list; pass a shorter --ns for a quick run (N = 10,000 alone takes minutes here).
 DEFAULT_NS = (100, 1000, 3000, 10000)
@@ -174,13 +184,11 @@ def report(config: dict[str, Any], nepi: dict[int, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
+    parser = bench_parser("scale", __doc__, workers=False, timeout=900.0)
     parser.add_argument("--ns", default=",".join(map(str, DEFAULT_NS)),
                         help=f"comma-separated N (default {','.join(map(str, DEFAULT_NS))})")
     parser.add_argument("--workers", default="1", help="comma-separated worker process counts (default 1)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
     parser.add_argument("--raw-n", type=int, default=2000, help="raw noop tasks for the baseline (default 2000)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="per-N wait timeout, s")
     parser.add_argument("--nepi", default=os.environ.get("NEPI_BENCH_SCRIPT", ""),
                         help="a script timing NEPI's controller on this shape (default $NEPI_BENCH_SCRIPT)")
     parser.add_argument("--nepi-ns", default="", help="the N to time NEPI at (default: --ns)")

@@ -15,7 +15,6 @@ conservative choice on a noisy machine).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from nepi_dist import ExperimentController
 
 from . import rms  # noqa: F401  (registers bench RM types in this process)
-from .common import Cluster, delete_run_keys, machine, raw_app, run_noops, setup_logging, today
+from .common import Cluster, bench_parser, delete_run_keys, machine, raw_app, run_noops, setup_logging, today
 
 ACTIONS_PER_RM = 3  # deploy_with_conditions, start_with_conditions, finish
 
@@ -98,10 +97,8 @@ def run(workers: int, concurrency: int, pool: str, n: int) -> tuple[dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
+    parser = bench_parser("throughput", __doc__)
     parser.add_argument("--n", type=int, default=2000, help="raw tasks and RMs (default 2000)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
     parser.add_argument("--pool", default="threads", choices=["threads", "prefork", "solo"])
     args = parser.parse_args(argv)
     setup_logging()

@@ -15,20 +15,18 @@ actions/s <= ops/s / commands per action.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any
 
-from .common import machine, setup_logging, table, today
+from .common import bench_parser, machine, setup_logging, table, today
 from .throughput import ACTIONS_PER_RM, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__.split("\n")[0])
+    parser = bench_parser("workers", __doc__, workers=False)
     parser.add_argument("--counts", default="1,2,4", help="worker process counts (default 1,2,4)")
     parser.add_argument("--n", type=int, default=2000, help="raw tasks and RMs per run (default 2000)")
-    parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (default 8)")
     parser.add_argument("--pool", default="threads", choices=["threads", "prefork", "solo"])
     parser.add_argument("--redis-ops", type=float, default=90_000.0, help="Redis ops/s ceiling for the paper bound")
     args = parser.parse_args(argv)

@@ -257,7 +257,7 @@ class ExperimentController(RunContext):
         unserved = self._unserved(guids)
         if unserved:
             self._logger.warning("no live worker serves %s: marking them RELEASED", unserved)
-            self._store.force_released(unserved)
+            self._force_released(unserved)
             guids = [g for g in guids if g not in set(unserved)]
         self._send([(g, "release", [], {}) for g in guids])
         try:
@@ -265,7 +265,12 @@ class ExperimentController(RunContext):
         except WaitTimeoutError:
             left = [g for g, s in zip(guids, self._store.states(guids), strict=True) if s != ResourceState.RELEASED]
             self._logger.warning("no worker released %s in %ss: marking them RELEASED", left, timeout)
-            self._store.force_released(left)
+            self._force_released(left)
+
+    def _force_released(self, guids: Iterable[int]) -> None:
+        """Mark RMs RELEASED regardless of the action that should have done it (and wake what waits on it)."""
+        for g in guids:
+            self._transition(g, ResourceState.RELEASED)
 
     def shutdown(self) -> None:
         """Release every RM, keep a read-only snapshot, stop the controller's machinery."""

@@ -25,7 +25,6 @@ import redis
 from .errors import ControllerClosedError, UnknownGuidError
 from .keys import Keys, worker_key
 from .scripts import CHECK, CLAIM, JOIN_GROUP, POP_TIMERS, REGISTER, TAKEOVER, TRANSITION
-from .state import ResourceState
 from .workers import HEARTBEAT_TTL
 
 
@@ -252,9 +251,7 @@ class Store:
 
     # -- transitions ---------------------------------------------------------
 
-    def transition(
-        self, guid: int, state: int, allowed_from: Iterable[int] = (), horizon: float = 60.0
-    ) -> Transition:
+    def transition(self, guid: int, state: int, *, horizon: float, allowed_from: Iterable[int] = ()) -> Transition:
         """Move a resource to ``state`` in one atomic step (see module docstring).
 
         No change once RELEASED, nor when already in ``state``, nor when the
@@ -519,8 +516,3 @@ class Store:
     @property
     def frozen(self) -> bool:
         return self._frozen is not None
-
-    def force_released(self, guids: Iterable[int]) -> None:
-        """Mark resources RELEASED regardless of the action that should have done it."""
-        for g in guids:
-            self.transition(g, ResourceState.RELEASED)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -17,6 +19,19 @@ from nepi_dist.embedded import EmbeddedRedis
 from . import rms  # noqa: F401  (registers the test RM types in this process)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+W = TypeVar("W")
+
+
+@contextlib.contextmanager
+def connected(signal: Any, watcher: W) -> Iterator[W]:
+    """Keep ``watcher`` connected to a Celery ``signal`` (in-process workers) while in the block."""
+    signal.connect(watcher, weak=False)
+    try:
+        yield watcher
+    finally:
+        signal.disconnect(watcher)
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ from nepi_dist import (
 from nepi_dist.batch import BATCH_TASK
 from nepi_dist.context import ACTION_TASK
 
+from .conftest import connected
 from .rms import Plain
 
 
@@ -69,6 +70,14 @@ def test_a_start_condition_with_a_delay_starts_the_rm_that_long_after_the_other_
     assert 2.0 <= delta < 2.1, delta
 
 
+def in_a_row(ec: ExperimentController, a_after: str, b_after: str) -> tuple[int, int, int]:
+    """Three Plain RMs: a starts ``a_after`` after first STARTED, b ``b_after`` after a STARTED."""
+    first, a, b = plain(ec), plain(ec), plain(ec)
+    ec.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, a_after)
+    ec.register_condition(b, ResourceAction.START, a, ResourceState.STARTED, b_after)
+    return first, a, b
+
+
 class Deliveries:
     """Counts the deliveries of each (guid, method) action to the in-process worker."""
 
@@ -91,23 +100,15 @@ class Deliveries:
 
 @pytest.fixture
 def deliveries() -> Iterator[Deliveries]:
-    watcher = Deliveries()
-    signals.task_prerun.connect(watcher, weak=False)
-    try:
+    with connected(signals.task_prerun, Deliveries()) as watcher:
         yield watcher
-    finally:
-        signals.task_prerun.disconnect(watcher)
 
 
 def test_an_rm_waiting_on_a_delayed_condition_is_woken_when_the_delay_is_over_not_before(
     ec: ExperimentController, deliveries: Deliveries
 ) -> None:
-    first = plain(ec)
-    a = plain(ec)
-    b = plain(ec)
     # b's start runs with the group, finds a not STARTED yet (a waits 0.3 s on first) and parks.
-    ec.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, "0.3s")
-    ec.register_condition(b, ResourceAction.START, a, ResourceState.STARTED, "1s")
+    first, a, b = in_a_row(ec, "0.3s", "1s")
     ec.deploy()
     ec.wait_finished([first, a, b], timeout=15)
     delta = ec.get_resource(b).start_time - ec.get_resource(a).start_time
@@ -120,12 +121,8 @@ def test_an_rm_waiting_on_a_delayed_condition_is_woken_when_the_delay_is_over_no
 def test_a_wait_beyond_the_eta_horizon_is_held_in_the_run_s_timers_once_woken() -> None:
     ctl = ExperimentController(visibility_timeout=4, eta_horizon=1, nthreads=8)
     try:
-        first = plain(ctl)
-        a = plain(ctl)
-        b = plain(ctl)
         # b's start parks on a (which waits 0.3 s on first); a's STARTED wakes it 2.5 s ahead.
-        ctl.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, "0.3s")
-        ctl.register_condition(b, ResourceAction.START, a, ResourceState.STARTED, "2.5s")
+        _, a, b = in_a_row(ctl, "0.3s", "2.5s")
         ctl.deploy()
         ctl.wait(a, ResourceState.STARTED, timeout=10)
         started = ctl.get_resource(a).start_time
@@ -267,13 +264,9 @@ def test_a_condition_on_a_failed_critical_rm_aborts_the_run_and_the_waiting_rm_n
 
 
 def test_a_met_condition_wakes_the_waiting_rm_at_once_without_polling(ec: ExperimentController) -> None:
-    first = plain(ec)
-    a = plain(ec)
-    b = plain(ec)
     # a starts 0.35 s after the group starts; b, waiting on a from the group start,
     # must start right after a, not at the next tick of a 1 s poll.
-    ec.register_condition(a, ResourceAction.START, first, ResourceState.STARTED, "0.35s")
-    ec.register_condition(b, ResourceAction.START, a, ResourceState.STARTED, "0s")
+    first, a, b = in_a_row(ec, "0.35s", "0s")
     ec.deploy()
     ec.wait_finished([first, a, b], timeout=10)
     rm_first, rma, rmb = ec.get_resource(first), ec.get_resource(a), ec.get_resource(b)

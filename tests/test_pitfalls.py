@@ -40,7 +40,7 @@ from nepi_dist.embedded import EmbeddedRedis
 from nepi_dist.keys import worker_key
 from nepi_dist.routing import POOL_QUEUE
 
-from .conftest import ROOT, stop_process, wait_for_workers
+from .conftest import ROOT, connected, stop_process, wait_for_workers
 
 TICKER = "PitfallsTicker"
 
@@ -116,12 +116,8 @@ class Postruns:
 
 @pytest.fixture
 def postruns() -> Iterator[Postruns]:
-    watcher = Postruns()
-    signals.task_postrun.connect(watcher, weak=False)
-    try:
+    with connected(signals.task_postrun, Postruns()) as watcher:
         yield watcher
-    finally:
-        signals.task_postrun.disconnect(watcher)
 
 
 # -- a) ETA longer than the visibility timeout ----------------------------------------
