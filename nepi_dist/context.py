@@ -32,7 +32,7 @@ from .errors import (
 from .resource import ResourceManager, ResourceRegistry
 from .routing import POOL_QUEUE, host_queue, queue_for, route_many, this_worker_host
 from .state import ResourceAction, ResourceState, ResourceState2str, state_from
-from .store import Dispatch, FailureLevel, Payload, Store
+from .store import CheckResult, Dispatch, FailureLevel, Payload, Store
 from .timefuncs import delay_seconds, due_in
 from .workers import live_queues
 
@@ -408,7 +408,9 @@ class RunContext:
                 self._dispatch(result.dispatch, from_outbox=True)
         return result.changed
 
-    def _park_or_delay(self, payload: Payload, group: Sequence[int], state: int, delay: float) -> bool:
+    def _park_or_delay(
+        self, payload: Payload, group: Sequence[int], state: int, delay: float, judged: CheckResult | None = None
+    ) -> bool:
         """Return False when the condition holds now; else park or delay the action.
 
         Unmet: the action parks on the first RM it waits for, with ``delay``,
@@ -416,12 +418,16 @@ class RunContext:
         later (when it runs it checks again: the group's other RMs may still be
         behind).  Met but ``delay`` not yet elapsed since the last RM reached
         ``state`` (Redis clock): the action is published again, due at that moment.
+        ``judged``: the condition's verdict already read (by the gate); only a
+        met one is trusted, anything else is decided here.
         """
-        parked = {k: v for k, v in payload.items() if k != "d"}
-        parked["n"] = os.urandom(6).hex()
-        if delay > 0:
-            parked["d"] = delay
-        result = self._store.check(group, state, parked)
+        result = judged
+        if result is None or result.outcome != "ok":  # decide (and park) atomically
+            parked = {k: v for k, v in payload.items() if k != "d"}
+            parked["n"] = os.urandom(6).hex()
+            if delay > 0:
+                parked["d"] = delay
+            result = self._store.check(group, state, parked)
         if result.outcome == "parked":
             return True
         if result.outcome == "failed":

@@ -29,7 +29,7 @@ from .trace import Trace, TraceAttr
 
 if TYPE_CHECKING:
     from .context import RunContext
-    from .store import Store
+    from .store import CheckResult, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
@@ -158,6 +158,9 @@ class ResourceManager:
         self._ec = ec
         self._guid = guid
         self._logger = logging.getLogger(f"nepi_dist.rm.{self._rtype}")
+        # The state this action's gate read a moment ago, for the lifecycle step it lets
+        # through (deploy, start, stop) to check instead of reading it again.
+        self._gated_state: ResourceState | None = None
 
     def __repr__(self) -> str:
         return f"<{self._rtype} guid={self._guid}>"
@@ -370,6 +373,7 @@ class ResourceManager:
     # -- state setters -------------------------------------------------------
 
     def _set_state(self, state: ResourceState) -> bool:
+        self._gated_state = None
         return self._ec._transition(self._guid, state)
 
     def set_discovered(self) -> bool:
@@ -407,6 +411,11 @@ class ResourceManager:
     def _released(self) -> bool:
         return self.state == ResourceState.RELEASED
 
+    def _lifecycle_state(self) -> ResourceState:
+        """The state a lifecycle step checks: what its gate just read (once), else a fresh read."""
+        state, self._gated_state = self._gated_state, None
+        return self.state if state is None else state
+
     def _overrides(self, name: str) -> bool:
         """True when this RM's class replaces the default ``name`` method."""
         return getattr(type(self), name) is not getattr(ResourceManager, name)
@@ -426,7 +435,7 @@ class ResourceManager:
 
     @failtrap
     def deploy(self) -> None:
-        state = self.state
+        state = self._lifecycle_state()
         if state > ResourceState.READY:
             self.error(f"Wrong state {state.name} for deploy")
             return
@@ -435,7 +444,7 @@ class ResourceManager:
 
     @failtrap
     def start(self) -> None:
-        state = self.state
+        state = self._lifecycle_state()
         if state not in (ResourceState.READY, ResourceState.STOPPED):
             self.error(f"Wrong state {state.name} for start")
             return
@@ -443,7 +452,7 @@ class ResourceManager:
 
     @failtrap
     def stop(self) -> None:
-        state = self.state
+        state = self._lifecycle_state()
         if state != ResourceState.STARTED:
             self.error(f"Wrong state {state.name} for stop")
             return
@@ -512,20 +521,23 @@ class ResourceManager:
         """Return True when the action may run now; otherwise park or delay it.
 
         ``conditions``: the list to check, or the action whose registered
-        conditions apply (read in the same round trip as the state).
+        conditions apply: then the state, the conditions and their verdicts
+        come in one round trip, and the state is handed to the deploy, start
+        or stop the gate lets through, which need not read it again.
         ``lowest``/``allowed``: the RM's own state must be in ``allowed``;
         below ``lowest`` the action parks on the RM itself, above it is dropped.
         """
         payload = {"g": self._guid, "m": method, "a": args}
         state: ResourceState | None = None
+        checks: list[CheckResult] = []
+        lifecycle = False
         if isinstance(conditions, ResourceAction):
-            action = conditions
-            if allowed:
-                raw_state, raw_cond = self._store.rm_fields(self._guid, "state", "cond")
-                state = ResourceState(int(raw_state)) if raw_state is not None else None
-            else:
-                raw_cond = self._store.rm_field(self._guid, "cond")
-            conditions = [(g, int(st), t) for g, st, t in _parse_conditions(raw_cond).get(action, [])]
+            lifecycle = True
+            # One round trip: the state, the conditions, and each condition judged.
+            view = self._store.gate(self._guid, int(conditions))
+            state = self.state if view.state is None else ResourceState(view.state)  # raises when unknown
+            conditions = [(g, int(st), t) for g, st, t in _parse_conditions(view.cond).get(conditions, [])]
+            checks = view.checks
         if allowed:
             if state is None:
                 state = self.state  # raises when the RM is unknown
@@ -536,9 +548,12 @@ class ResourceManager:
                 else:
                     self.debug(f"{method} dropped: state is {state.name}")
                     return False
-        for group, st, after in conditions:
-            if self._ec._park_or_delay(payload, group, st, delay_seconds(after)):
+        for i, (group, st, after) in enumerate(conditions):
+            judged = checks[i] if i < len(checks) else None
+            if self._ec._park_or_delay(payload, group, st, delay_seconds(after), judged):
                 return False
+        if lifecycle:
+            self._gated_state = state  # for the deploy/start/stop this gate lets through
         return True
 
     @failtrap

@@ -70,25 +70,59 @@ end
 return out
 """
 
+# Where one RM of a condition's group stands against the state the condition needs:
+# 'ok' with the time it reached that state (0 for a FAILED non-critical RM, which never
+# holds a condition back), 'unmet', 'failed' (critical and FAILED) or 'unknown'.
+_JUDGE = """
+local function judge(rk, need)
+  local f = redis.call('HMGET', rk, 'state', 'a:critical', 't' .. need)
+  local s = tonumber(f[1])
+  if s == nil then return 'unknown', 0 end
+  if s == 7 and need < 7 then
+    if f[2] ~= 'false' then return 'failed', 0 end
+    return 'ok', 0
+  end
+  if s < need then return 'unmet', 0 end
+  return 'ok', tonumber(f[3] or '0')
+end
+"""
+
 # KEYS: rm1, wait1, rm2, wait2, ...   ARGV: needed state, payload to park ("" = don't)
-CHECK = _TIME + """
+# Returns {'ok', latest time the group reached the state, now} or {outcome, 1-based index}.
+CHECK = _TIME + _JUDGE + """
 local need = tonumber(ARGV[1])
 local last = 0
 for i = 1, #KEYS, 2 do
-  local f = redis.call('HMGET', KEYS[i], 'state', 'a:critical')
-  local s = tonumber(f[1])
-  if s == nil then return {'unknown', (i + 1) / 2} end
-  if s == 7 and need < 7 then
-    if f[2] ~= 'false' then return {'failed', (i + 1) / 2} end
-  elseif s < need then
+  local verdict, t = judge(KEYS[i], need)
+  if verdict == 'unmet' then
     if ARGV[2] ~= '' then redis.call('ZADD', KEYS[i + 1], need, ARGV[2]) end
     return {'parked', (i + 1) / 2}
-  else
-    local t = tonumber(redis.call('HGET', KEYS[i], 't' .. need) or '0')
-    if t > last then last = t end
   end
+  if verdict ~= 'ok' then return {verdict, (i + 1) / 2} end
+  if t > last then last = t end
 end
 return {'ok', string.format('%.6f', last), now()}
+"""
+
+# KEYS: rm   ARGV: key prefix, action (NEPI's integer)
+# Read-only: what an action's gate needs in one round trip.  Returns {now, the RM's state,
+# its conditions (the JSON of its 'cond' field), then per condition of the action, in order:
+# 'ok' or not, and the latest time the group reached the needed state}.
+GATE = _TIME + _JUDGE + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'cond')
+local out = {now(), f[1] or '', f[2] or ''}
+if not f[2] then return out end
+for _, c in ipairs(cjson.decode(f[2])[ARGV[2]] or {}) do
+  local need, verdict, last = tonumber(c[2]), 'ok', 0
+  for _, g in ipairs(c[1]) do
+    local v, t = judge(ARGV[1] .. ':rm:' .. string.format('%d', g), need)
+    if v ~= 'ok' then verdict = v break end
+    if t > last then last = t end
+  end
+  table.insert(out, verdict)
+  table.insert(out, string.format('%.6f', last))
+end
+return out
 """
 
 # KEYS: run, pending, running   ARGV: action id, worker id, 1 if a release action

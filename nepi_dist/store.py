@@ -24,7 +24,7 @@ import redis
 
 from .errors import ControllerClosedError, UnknownGuidError
 from .keys import Keys, worker_key
-from .scripts import CHECK, CLAIM, JOIN_GROUP, POP_TIMERS, REGISTER, TAKEOVER, TRANSITION
+from .scripts import CHECK, CLAIM, GATE, JOIN_GROUP, POP_TIMERS, REGISTER, TAKEOVER, TRANSITION
 from .workers import HEARTBEAT_TTL
 
 
@@ -65,6 +65,17 @@ class CheckResult:
         self.now = now
 
 
+class GateView:
+    """What an action's gate reads in one round trip (see :meth:`Store.gate`)."""
+
+    __slots__ = ("checks", "cond", "state")
+
+    def __init__(self, state: int | None, cond: str | None, checks: list[CheckResult]) -> None:
+        self.state = state  # None: no such RM
+        self.cond = cond  # the RM's 'cond' field (JSON), None when it has none
+        self.checks = checks  # one per condition of the action, in order ([] when not evaluated)
+
+
 def _woken(flat: Sequence[Any]) -> list[Dispatch]:
     return [(flat[i], json.loads(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)]
 
@@ -90,6 +101,7 @@ class Store:
         reg = client.register_script
         self._transition = reg(TRANSITION)
         self._check = reg(CHECK)
+        self._gate = reg(GATE)
         self._claim = reg(CLAIM)
         self._takeover = reg(TAKEOVER)
         self._join_group = reg(JOIN_GROUP)
@@ -286,6 +298,23 @@ class Store:
         if out[0] == "ok":
             return CheckResult("ok", 0, float(out[1]), float(out[2]))
         return CheckResult(out[0], int(out[1]))
+
+    def gate(self, guid: int, action: int) -> GateView:
+        """Read what the gate of ``action`` on ``guid`` needs, in one round trip.
+
+        The RM's state, its conditions, and each of the action's conditions
+        evaluated without parking (its group's latest time at the needed state
+        when it holds).  A condition that does not hold is decided by
+        :meth:`check`, which parks atomically.
+        """
+        if self._frozen is not None:
+            data = self._frozen["rms"].get(guid, {})
+            state, cond = data.get("state"), data.get("cond")
+            return GateView(None if state is None else int(state), cond, [])
+        out = self._gate(client=self.client, keys=[self.keys.rm(guid)], args=[self.keys.prefix, int(action)])
+        now = float(out[0])
+        checks = [CheckResult(out[i], 0, float(out[i + 1]), now) for i in range(3, len(out), 2)]
+        return GateView(int(out[1]) if out[1] else None, out[2] or None, checks)
 
     # -- groups --------------------------------------------------------------
 

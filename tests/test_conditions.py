@@ -273,3 +273,42 @@ def test_a_met_condition_wakes_the_waiting_rm_at_once_without_polling(ec: Experi
     assert rma.start_time - rm_first.start_time >= 0.35
     delta = rmb.start_time - rma.start_time
     assert 0.0 <= delta < 0.1, delta
+
+
+def test_the_gate_judges_each_condition_of_an_action_as_the_check_script_does(ec: ExperimentController) -> None:
+    """The gate's one read-only round trip gives the verdicts CHECK would (CHECK says 'parked' for unmet)."""
+    started, finished, ready, optional, critical, target = (plain(ec) for _ in range(6))
+    ec.set(optional, "critical", False)
+    through = {started: [ResourceState.STARTED], finished: [ResourceState.STARTED, ResourceState.FINISHED],
+               ready: [ResourceState.READY], optional: [ResourceState.FAILED], critical: [ResourceState.FAILED]}
+    for guid, states in through.items():
+        for state in states:
+            ec.store.transition(guid, state, horizon=60.0)
+    groups = [[started, finished], [started, ready], [optional], [critical, started], [finished]]
+    for group in groups:
+        ec.register_condition(target, ResourceAction.START, group, ResourceState.STARTED)
+
+    view = ec.store.gate(target, ResourceAction.START)
+    checks = [ec.store.check(group, ResourceState.STARTED, None) for group in groups]
+
+    assert view.state == ResourceState.NEW
+    assert [c.outcome for c in view.checks] == ["ok", "unmet", "ok", "failed", "ok"]
+    assert [c.outcome for c in checks] == ["ok", "parked", "ok", "failed", "ok"]
+    t_started = ec.get_resource(started).start_time
+    t_finished = ec.get_resource(finished).start_time  # the time it reached STARTED, not FINISHED
+    assert t_started is not None and t_finished is not None
+    assert view.checks[0].last == checks[0].last == pytest.approx(max(t_started, t_finished))
+    assert view.checks[4].last == checks[4].last == pytest.approx(t_finished)
+    assert view.checks[2].last == checks[2].last == 0.0  # a failed optional RM holds nothing back
+    assert not ec.store.client.zcard(ec.store.keys.wait(ready)), "the gate parks nothing"
+
+
+def test_a_deploy_let_through_by_its_gate_is_refused_for_the_state_the_gate_read(ec: ExperimentController) -> None:
+    """deploy() checks the state its gate handed over: past READY it is an error, and nothing changes."""
+    guid = plain(ec, runtime=30.0)
+    ec.deploy([guid])
+    ec.wait_started([guid], timeout=10)
+    handle = ec.get_resource(guid)
+    handle.deploy_with_conditions()
+    assert ec.state(guid) == ResourceState.STARTED
+    assert handle._gated_state is None, "the handed-over state is used once"
