@@ -397,9 +397,9 @@ class RunContext:
             raise RemoteReadError(f"{method} of guid {guid} on {queue}: {answer['e']}")
         return base64.b64decode(answer["b"]) if "b" in answer else answer["v"]
 
-    def _transition(self, guid: int, state: ResourceState) -> bool:
-        """Change an RM's state and publish what the change woke up."""
-        result = self._store.transition(guid, state, horizon=self._horizon)
+    def _transition(self, guid: int, state: ResourceState, through: Sequence[ResourceState] = ()) -> bool:
+        """Change an RM's state (by way of ``through``) and publish what the change woke up."""
+        result = self._store.transition(guid, state, horizon=self._horizon, through=through)
         if result.dispatch:
             buffer = current_buffer(self)
             if buffer is not None:

@@ -372,9 +372,9 @@ class ResourceManager:
 
     # -- state setters -------------------------------------------------------
 
-    def _set_state(self, state: ResourceState) -> bool:
+    def _set_state(self, state: ResourceState, through: list[ResourceState] | None = None) -> bool:
         self._gated_state = None
-        return self._ec._transition(self._guid, state)
+        return self._ec._transition(self._guid, state, through or ())
 
     def set_discovered(self) -> bool:
         return self._set_state(ResourceState.DISCOVERED)
@@ -487,6 +487,11 @@ class ResourceManager:
 
     def do_deploy(self) -> None:
         state = self.state
+        if _default_deploy_steps(type(self)):
+            # Each default step only transitions: go through them in one atomic step.
+            through = [s for s in (ResourceState.DISCOVERED, ResourceState.PROVISIONED) if state < s]
+            self._set_state(ResourceState.READY, through)
+            return
         if state < ResourceState.DISCOVERED:
             self.discover()
         if state < ResourceState.PROVISIONED:
@@ -597,6 +602,16 @@ class ResourceManager:
             (ResourceState.STARTED,),
         ):
             self.set(name, value)
+
+
+#: What ``do_deploy`` calls on its way to READY; when a class replaces none of them they only transition.
+_DEPLOY_STEPS = ("discover", "do_discover", "set_discovered", "provision", "do_provision", "set_provisioned",
+                 "set_ready")
+
+
+def _default_deploy_steps(cls: type[ResourceManager]) -> bool:
+    """True when ``cls`` keeps every default step of ``do_deploy``."""
+    return all(getattr(cls, name) is getattr(ResourceManager, name) for name in _DEPLOY_STEPS)
 
 
 def _parse_conditions(raw: str | None) -> dict[ResourceAction, list[tuple[list[int], ResourceState, Any]]]:

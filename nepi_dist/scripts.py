@@ -12,7 +12,8 @@ end
 """
 
 # KEYS: rm, wait, run, events, outbox, pending, alarm, timers
-# ARGV: new state, allowed from-states ("" = any), guid, key prefix, ETA horizon (s)
+# ARGV: new state, allowed from-states ("" = any), guid, key prefix, ETA horizon (s),
+#       states passed through on the way, in order ("" = none; each stamped and announced)
 # Returns {changed, previous state, aid, payload, due, aid, payload, due, ...}: the actions
 # woken, due at the transition's time plus the delay ("d") their condition was parked with;
 # one due beyond the horizon goes to the timers instead of being returned.
@@ -29,8 +30,11 @@ if ARGV[2] ~= '' then
   if not ok then return {0, cur} end
 end
 local ts = now()
-redis.call('HSET', KEYS[1], 'state', new, 't' .. new, ts)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'g', ARGV[3], 's', new, 't', ts)
+for s in string.gmatch(ARGV[6] .. ',' .. new, '[^,]+') do
+  redis.call('HSET', KEYS[1], 't' .. s, ts)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'g', ARGV[3], 's', s, 't', ts)
+end
+redis.call('HSET', KEYS[1], 'state', new)
 local out = {1, cur}
 local function emit(payload, delay)
   local aid = 's' .. redis.call('HINCRBY', KEYS[3], 'seq', 1)
@@ -105,13 +109,15 @@ return {'ok', string.format('%.6f', last), now()}
 """
 
 # KEYS: rm   ARGV: key prefix, action (NEPI's integer)
-# Read-only: what an action's gate needs in one round trip.  Returns {now, the RM's state,
-# its conditions (the JSON of its 'cond' field), then per condition of the action, in order:
-# 'ok' or not, and the latest time the group reached the needed state}.
+# Read-only: what an action's gate needs in one round trip.  Returns {now ('' when the RM
+# has no conditions), the RM's state, its conditions (the JSON of its 'cond' field), then per
+# condition of the action, in order: 'ok' or not, and the latest time its group reached the
+# needed state}.
 GATE = _TIME + _JUDGE + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'cond')
-local out = {now(), f[1] or '', f[2] or ''}
+local out = {'', f[1] or '', f[2] or ''}
 if not f[2] then return out end
+out[1] = now()
 for _, c in ipairs(cjson.decode(f[2])[ARGV[2]] or {}) do
   local need, verdict, last = tonumber(c[2]), 'ok', 0
   for _, g in ipairs(c[1]) do

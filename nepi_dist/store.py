@@ -263,8 +263,14 @@ class Store:
 
     # -- transitions ---------------------------------------------------------
 
-    def transition(self, guid: int, state: int, *, horizon: float, allowed_from: Iterable[int] = ()) -> Transition:
+    def transition(
+        self, guid: int, state: int, *, horizon: float, allowed_from: Iterable[int] = (), through: Iterable[int] = ()
+    ) -> Transition:
         """Move a resource to ``state`` in one atomic step (see module docstring).
+
+        ``through``: states passed on the way, in order (e.g. DISCOVERED and
+        PROVISIONED on the way to READY), each stamped with the same time and
+        announced on the event stream before ``state``.
 
         No change once RELEASED, nor when already in ``state``, nor when the
         current state is not in ``allowed_from`` (if given).  The actions it
@@ -275,10 +281,11 @@ class Store:
         self._writable()
         k = self.keys
         allowed = ",".join(str(int(s)) for s in allowed_from)
+        passed = ",".join(str(int(s)) for s in through)
         out = self._transition(
             client=self.client,
             keys=[k.rm(guid), k.wait(guid), k.run, k.events, k.outbox, k.pending, k.alarm, k.timers],
-            args=[int(state), allowed, guid, k.prefix, horizon],
+            args=[int(state), allowed, guid, k.prefix, horizon, passed],
         )
         if out[0] == -1:
             raise UnknownGuidError(f"no resource with guid {guid}")
@@ -312,7 +319,7 @@ class Store:
             state, cond = data.get("state"), data.get("cond")
             return GateView(None if state is None else int(state), cond, [])
         out = self._gate(client=self.client, keys=[self.keys.rm(guid)], args=[self.keys.prefix, int(action)])
-        now = float(out[0])
+        now = float(out[0] or 0)
         checks = [CheckResult(out[i], 0, float(out[i + 1]), now) for i in range(3, len(out), 2)]
         return GateView(int(out[1]) if out[1] else None, out[2] or None, checks)
 
