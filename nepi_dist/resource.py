@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .attribute import Attribute, Flags, Types
@@ -372,9 +372,9 @@ class ResourceManager:
 
     # -- state setters -------------------------------------------------------
 
-    def _set_state(self, state: ResourceState, through: list[ResourceState] | None = None) -> bool:
+    def _set_state(self, state: ResourceState, through: Sequence[ResourceState] = ()) -> bool:
         self._gated_state = None
-        return self._ec._transition(self._guid, state, through or ())
+        return self._ec._transition(self._guid, state, through)
 
     def set_discovered(self) -> bool:
         return self._set_state(ResourceState.DISCOVERED)
