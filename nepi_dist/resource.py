@@ -420,6 +420,10 @@ class ResourceManager:
         """True when this RM's class replaces the default ``name`` method."""
         return getattr(type(self), name) is not getattr(ResourceManager, name)
 
+    def _default_deploy(self) -> bool:
+        """True when this RM's class keeps every step of the default ``do_deploy``: they only transition."""
+        return not any(self._overrides(name) for name in _DEPLOY_STEPS)
+
     # The default do_* methods only transition, and a transition never changes a
     # RELEASED RM: the released check (one Redis read) is needed only for overrides.
 
@@ -487,7 +491,7 @@ class ResourceManager:
 
     def do_deploy(self) -> None:
         state = self.state
-        if _default_deploy_steps(type(self)):
+        if self._default_deploy():
             # Each default step only transitions: go through them in one atomic step.
             through = [s for s in (ResourceState.DISCOVERED, ResourceState.PROVISIONED) if state < s]
             self._set_state(ResourceState.READY, through)
@@ -607,11 +611,6 @@ class ResourceManager:
 #: What ``do_deploy`` calls on its way to READY; when a class replaces none of them they only transition.
 _DEPLOY_STEPS = ("discover", "do_discover", "set_discovered", "provision", "do_provision", "set_provisioned",
                  "set_ready")
-
-
-def _default_deploy_steps(cls: type[ResourceManager]) -> bool:
-    """True when ``cls`` keeps every default step of ``do_deploy``."""
-    return all(getattr(cls, name) is getattr(ResourceManager, name) for name in _DEPLOY_STEPS)
 
 
 def _parse_conditions(raw: str | None) -> dict[ResourceAction, list[tuple[list[int], ResourceState, Any]]]:

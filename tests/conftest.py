@@ -82,10 +82,13 @@ def wait_for_workers(url: str, count: int, timeout: float = 30.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=0.5) or []
-        if len(replies) >= count:
-            return
+    try:
+        while time.monotonic() < deadline:
+            replies = app.control.ping(timeout=0.5) or []
+            if len(replies) >= count:
+                return
+    finally:
+        app.close()
     raise RuntimeError(f"fewer than {count} workers answered on {url}")
 
 

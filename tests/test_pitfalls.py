@@ -204,10 +204,10 @@ def revoked_burst_drain(url: str, app_name: str, n: int = 60) -> float:
         env=env, cwd=str(ROOT),
     )
     client = redis.Redis.from_url(url, decode_responses=True)
+    app = Celery("burst-sender", set_as_current=False)
+    app.conf.update(settings(url))
     try:
         wait_for_workers(url, 1)
-        app = Celery("burst-sender", set_as_current=False)
-        app.conf.update(settings(url))
         due = time.time() + 2.0
         eta = datetime.datetime.fromtimestamp(due, tz=datetime.UTC)
         ids = [f"burst-{app_name}-{i}" for i in range(n)]
@@ -227,6 +227,7 @@ def revoked_burst_drain(url: str, app_name: str, n: int = 60) -> float:
         assert client.llen("burst:ran") == 0, "a revoked task ran"
         return time.time() - due
     finally:
+        app.close()
         client.close()
         stop_process(worker)
 
