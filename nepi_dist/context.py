@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .attribute import Flags
 from .batch import BATCH_SPREAD, BATCH_TASK, batches, current_buffer
+from .connection import outage_bound
 from .errors import (
     ActionError,
     ConditionError,
@@ -112,6 +113,10 @@ class RunContext:
         self._aids = itertools.count(1)
         self._horizon = float(app.conf.get("nepi_eta_horizon", 60.0))
         self._read_timeout = float(app.conf.get("nepi_read_timeout", READ_TIMEOUT))
+        # A publish rides out a broker restart as long as any other Redis call does: retries
+        # 0.1 s, 0.6 s, then every 1 s, for the outage bound.
+        self._retry_policy = {"max_retries": int(outage_bound()) + 2, "interval_start": 0.1,
+                              "interval_step": 0.5, "interval_max": 1.0}
 
     # -- identity --------------------------------------------------------------
 
@@ -261,9 +266,12 @@ class RunContext:
         """Return the Celery task id of action ``aid`` (what a revoke names)."""
         return f"{self.exp_id}.{self.run_id}.{aid}"
 
-    def _drop_pending(self) -> int:
-        """Forget every pending action of the run and revoke its Celery task; return how many."""
-        dropped = self._store.drop_pending()
+    def _drop_pending(self, for_abort: bool = False) -> int:
+        """Forget every pending action of the run and revoke its Celery task; return how many.
+
+        ``for_abort``: the drop an abort does, once (a later release's actions are left alone).
+        """
+        dropped = self._store.drop_pending(for_abort)
         if dropped:
             self._app.control.revoke([self.task_id(aid) for aid in dropped])
         return len(dropped)
@@ -319,6 +327,7 @@ class RunContext:
             serializer="json",
             headers=message.headers,
             retry=True,
+            retry_policy=self._retry_policy,
             **message.properties,
         )
 

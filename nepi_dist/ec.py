@@ -10,6 +10,7 @@ both at :meth:`shutdown`.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -21,12 +22,15 @@ import redis
 
 from .app import REDIS_URL_ENV, create_app
 from .attribute import Flags
+from .connection import OUTAGE_ENV, check_no_eviction, outage_bound, redis_client
 from .context import RunContext, as_action
 from .embedded import EmbeddedRedis, EmbeddedWorker
 from .errors import (
     DuplicateGuidError,
     ECFailureError,
     ReadOnlyAttributeError,
+    RedisUnavailableError,
+    StoreError,
     UnknownGuidError,
     WaitTimeoutError,
 )
@@ -41,6 +45,9 @@ from .workers import live_queues
 
 NTHREADS_ENV = "NEPI_NTHREADS"
 DEFAULT_NTHREADS = 50
+RETENTION_ENV = "NEPI_DIST_RETENTION"
+#: Seconds a released run's keys are kept (7 days).
+DEFAULT_RETENTION = 7 * 24 * 3600.0
 
 
 class ECState:
@@ -83,13 +90,16 @@ class ExperimentController(RunContext):
             self._redis = EmbeddedRedis().start()
             url = self._redis.url
         try:
-            client = redis.Redis.from_url(url, decode_responses=True)
+            client = redis_client(url)
+            check_no_eviction(client)
             store = Store(client, exp_id, run_id)
             app = create_app(url, **celery_settings)
             reg = registry or ResourceFactory
             app.nepi_registry = reg
             super().__init__(store, app, reg, logging.getLogger("ExperimentController"))
             client.hsetnx(store.keys.run, "fl", FailureLevel.OK)
+            store.enlist()
+            self._retention = float(os.environ.get(RETENTION_ENV, DEFAULT_RETENTION))
             threads = nthreads or int(os.environ.get(NTHREADS_ENV, DEFAULT_NTHREADS))
             self._tasks: dict[Any, Task | RemoteTask] = {}
             self._local = LocalScheduler(threads, self._logger)
@@ -266,6 +276,8 @@ class ExperimentController(RunContext):
             left = [g for g, s in zip(guids, self._store.states(guids), strict=True) if s != ResourceState.RELEASED]
             self._logger.warning("no worker released %s in %ss: marking them RELEASED", left, timeout)
             self._force_released(left)
+        if everything:
+            self._store.retire(self._retention)
 
     def _force_released(self, guids: Iterable[int]) -> None:
         """Mark RMs RELEASED regardless of the action that should have done it (and wake what waits on it)."""
@@ -295,6 +307,7 @@ class ExperimentController(RunContext):
             local.stop()
         if self._fm is not None:
             self._fm.stop()
+            self._fm = None
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
@@ -385,3 +398,40 @@ class ExperimentController(RunContext):
                 g = int(fields["g"])
                 if g in remaining and int(fields["s"]) >= state:
                     remaining.discard(g)
+
+
+def _typed_redis_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``func`` so that a redis-py error reaches the user as a nepi_dist error."""
+
+    @functools.wraps(func)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise RedisUnavailableError(
+                f"Redis did not answer within {outage_bound():g}s (the bound ${OUTAGE_ENV} sets): {exc}"
+            ) from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis refused a command: {exc}") from exc
+
+    return wrapped
+
+
+def _type_redis_errors_of(cls: type) -> None:
+    """Give every public method and property of ``cls`` (inherited ones too) typed Redis errors.
+
+    The user's API is the boundary: below it, redis-py errors carry their
+    detail (the workers' task boundary treats them as an outage to resume
+    from); above it, nothing but nepi_dist's own errors.
+    """
+    for name in dir(cls):
+        if name.startswith("_") and name not in ("__init__", "__enter__", "__exit__"):
+            continue
+        member = inspect.getattr_static(cls, name)
+        if isinstance(member, property) and member.fget is not None:
+            setattr(cls, name, property(_typed_redis_errors(member.fget), member.fset, member.fdel, member.__doc__))
+        elif inspect.isfunction(member):
+            setattr(cls, name, _typed_redis_errors(member))
+
+
+_type_redis_errors_of(ExperimentController)

@@ -64,6 +64,13 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://{self.bind}:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The redis-server's process id (to signal it: tests stall and kill it)."""
+        if self._proc is None:
+            raise NepiError("the embedded redis-server is not running")
+        return self._proc.pid
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         args = [
             redis_server_binary(),

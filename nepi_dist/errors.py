@@ -78,3 +78,15 @@ class NoWorkerError(NepiError, RuntimeError):
 
 class RemoteReadError(NepiError, RuntimeError):
     """Raised when a read through another host's worker fails or gets no answer in time."""
+
+
+class StoreError(NepiError, RuntimeError):
+    """Raised when Redis, the store, refuses a command (e.g. out of memory, a read-only replica)."""
+
+
+class RedisUnavailableError(StoreError, ConnectionError):
+    """Raised when Redis stayed unreachable or stalled past the outage bound (``$NEPI_DIST_REDIS_OUTAGE``)."""
+
+
+class RedisConfigError(NepiError, RuntimeError):
+    """Raised when the Redis given could lose a run's state (e.g. a maxmemory-policy that evicts keys)."""

@@ -6,14 +6,18 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 
 ========================  =====  =================================================
 ``P:run``                 hash   run fields: ``fl`` failure level, ``drop`` 1 once
-                                 the whole run is being released, ``seq`` and
-                                 ``groups`` id counters
+                                 the whole run is being released, ``released``
+                                 Redis time the whole run was released (its keys
+                                 then expire), ``revoked`` 1 once an abort dropped
+                                 the pending actions, ``seq`` and ``groups`` id
+                                 counters
 ``P:guids``               zset   every guid of the run (score = guid)
 ``P:rm:<guid>``           hash   ``rtype``, ``state``, ``t<state>`` Redis-clock
                                  timestamps, ``grp`` deployment group, ``cond``
                                  conditions (JSON), ``a:<name>`` attribute values
                                  (JSON), ``tr:<name>`` enabled traces, ``p:<name>``
-                                 RM-internal values (JSON), ``err`` failure text
+                                 RM-internal values (JSON), ``err`` failure text,
+                                 ``tx`` tokens of its last transitions
 ``P:conn:<guid>``         set    guids connected to ``guid``
 ``P:wait:<guid>``         zset   actions parked until ``guid`` reaches a state
                                  (score = the state waited for)
@@ -24,6 +28,8 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 ``P:timers``              zset   actions due beyond the ETA horizon (score = due)
 ``P:outbox``              hash   action id -> payload, decided but maybe not published
 ``P:publishing``          string a publisher is emptying the outbox (expires)
+``P:keeper``              string the worker keeping the run's timers, outbox and
+                                 abort (a lease: expires unless renewed)
 ``P:task:<aid>``          hash   tracked task ``s`` status and ``r`` result
 ``P:events``              stream every state change: ``g`` guid, ``s`` state, ``t`` time
 ``P:alarm``               list   pushed when a critical resource fails
@@ -36,6 +42,8 @@ Keys shared by all runs (outside any run's slot):
 ``nepi:worker:<worker_id>``  string  a live worker's heartbeat (JSON, with TTL)
 ``nepi:watch``               hash    ``<exp_id>|<run_id>|<guid>`` -> running application
                                      watched by a worker (JSON with its ``holder``)
+``nepi:runs``                zset    ``<exp_id>|<run_id>`` of every run not yet released
+                                     (score = Redis time it was created): what keepers keep
 """
 
 from __future__ import annotations
@@ -60,11 +68,11 @@ def check_id(kind: str, value: str) -> str:
 class Keys:
     """Builds every key of one run; see the module docstring for the shapes."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("exp_id", "prefix", "run_id")
 
     def __init__(self, exp_id: str, run_id: str) -> None:
-        check_id("exp_id", exp_id)
-        check_id("run_id", run_id)
+        self.exp_id = check_id("exp_id", exp_id)
+        self.run_id = check_id("run_id", run_id)
         self.prefix = f"{ROOT}:{{{exp_id}:{run_id}}}"
 
     def key(self, *parts: object) -> str:
@@ -114,6 +122,15 @@ class Keys:
     def publishing(self) -> str:
         return self.key("publishing")
 
+    @property
+    def keeper(self) -> str:
+        return self.key("keeper")
+
+    @property
+    def member(self) -> str:
+        """This run's member of :data:`RUNS_KEY`."""
+        return run_member(self.exp_id, self.run_id)
+
     def task(self, aid: str) -> str:
         return self.key("task", aid)
 
@@ -135,6 +152,21 @@ class Keys:
 
 #: Running applications and the worker watching each (shared by all runs).
 WATCH_KEY = f"{ROOT}:watch"
+#: The runs not yet released, which the workers' keepers look after (shared by all runs).
+RUNS_KEY = f"{ROOT}:runs"
+
+
+def run_member(exp_id: str, run_id: str) -> str:
+    """Return the member of :data:`RUNS_KEY` naming a run ('|' is in no safe id)."""
+    return f"{exp_id}|{run_id}"
+
+
+def parse_run_member(member: str) -> tuple[str, str] | None:
+    """Return (exp_id, run_id) of a :data:`RUNS_KEY` member, None when it is not one."""
+    exp_id, sep, run_id = member.partition("|")
+    if not sep or not _SAFE.match(exp_id) or not _SAFE.match(run_id):
+        return None
+    return exp_id, run_id
 
 
 def worker_key(worker_id: str) -> str:

@@ -17,6 +17,8 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import redis
+
 from .attribute import Attribute, Flags, Types
 from .errors import (
     UnknownAttributeError,
@@ -44,12 +46,17 @@ clsinit_copy = clsinit
 
 
 def failtrap(func: F) -> F:
-    """Set the RM to FAILED (recording the error) when ``func`` raises, then re-raise."""
+    """Set the RM to FAILED (recording the error) when ``func`` raises, then re-raise.
+
+    A Redis outage is not the RM's failure: the action is cut short and runs again.
+    """
 
     @functools.wraps(func)
     def wrapped(self: ResourceManager, *args: Any, **kwargs: Any) -> Any:
         try:
             return func(self, *args, **kwargs)
+        except redis.RedisError:
+            raise
         except Exception as exc:
             if not getattr(exc, "_nepi_trapped", False):
                 exc._nepi_trapped = True  # type: ignore[attr-defined]
@@ -161,6 +168,9 @@ class ResourceManager:
         # The state this action's gate read a moment ago, for the lifecycle step it lets
         # through (deploy, start, stop) to check instead of reading it again.
         self._gated_state: ResourceState | None = None
+        # True when this action resumes a run of itself that was cut short (its worker died,
+        # or Redis failed it): a start then goes on from STARTED, the state it had reached.
+        self._resumed = False
 
     def __repr__(self) -> str:
         return f"<{self._rtype} guid={self._guid}>"
@@ -420,6 +430,16 @@ class ResourceManager:
         """True when this RM's class replaces the default ``name`` method."""
         return getattr(type(self), name) is not getattr(ResourceManager, name)
 
+    def _start_states(self) -> tuple[ResourceState, ...]:
+        """The states a start may begin from; a resumed start goes on from STARTED too.
+
+        NEPI's RMs may do several steps in one start (``set_started()``, work,
+        ``set_finished()``); one cut short between them is carried to its end.
+        """
+        if self._resumed:
+            return (ResourceState.READY, ResourceState.STOPPED, ResourceState.STARTED)
+        return (ResourceState.READY, ResourceState.STOPPED)
+
     def _default_deploy(self) -> bool:
         """True when this RM's class keeps every step of the default ``do_deploy``: they only transition."""
         return not any(self._overrides(name) for name in _DEPLOY_STEPS)
@@ -449,7 +469,7 @@ class ResourceManager:
     @failtrap
     def start(self) -> None:
         state = self._lifecycle_state()
-        if state not in (ResourceState.READY, ResourceState.STOPPED):
+        if state not in self._start_states():
             self.error(f"Wrong state {state.name} for start")
             return
         self.do_start()
@@ -577,7 +597,7 @@ class ResourceManager:
             [],
             ResourceAction.START,
             ResourceState.READY,
-            (ResourceState.READY, ResourceState.STOPPED),
+            self._start_states(),
         ):
             self.start()
 

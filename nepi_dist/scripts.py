@@ -2,6 +2,12 @@
 
 All keys a script touches share the run's hash tag, so each script stays in one
 Redis Cluster slot.  States are NEPI's integers (READY 3, FAILED 7, RELEASED 8).
+
+Every script is idempotent under a replay: a client whose connection broke
+after Redis ran a script, before the reply came, sends it again with the same
+arguments (:mod:`nepi_dist.connection`), and the second run changes nothing
+more.  A transition and a claim carry a token for that; the others are
+naturally so (a set, a compare-and-set, a member already added).
 """
 
 _TIME = """
@@ -13,7 +19,9 @@ end
 
 # KEYS: rm, wait, run, events, outbox, pending, alarm, timers
 # ARGV: new state, allowed from-states ("" = any), guid, key prefix, ETA horizon (s),
-#       states passed through on the way, in order ("" = none; each stamped and announced)
+#       states passed through on the way, in order ("" = none; each stamped and announced),
+#       the transition's token (12 characters, unique per call: a replay of one of the RM's last 8
+#       transitions is a no-op, even after later ones)
 # Returns {changed, previous state, aid, payload, due, aid, payload, due, ...}: the actions
 # woken, due at the transition's time plus the delay ("d") their condition was parked with;
 # one due beyond the horizon goes to the timers instead of being returned.
@@ -22,6 +30,9 @@ local cur = tonumber(redis.call('HGET', KEYS[1], 'state'))
 if cur == nil then return {-1} end
 local new = tonumber(ARGV[1])
 if cur == 8 or cur == new then return {0, cur} end
+-- the tokens of its last transitions: a call sent again (its reply was lost) finds its own
+local applied = redis.call('HGET', KEYS[1], 'tx') or ''
+if string.find(applied, ARGV[7], 1, true) then return {0, cur} end
 if ARGV[2] ~= '' then
   local ok = false
   for s in string.gmatch(ARGV[2], '[^,]+') do
@@ -34,7 +45,7 @@ for s in string.gmatch(ARGV[6] .. ',' .. new, '[^,]+') do
   redis.call('HSET', KEYS[1], 't' .. s, ts)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000000, '*', 'g', ARGV[3], 's', s, 't', ts)
 end
-redis.call('HSET', KEYS[1], 'state', new)
+redis.call('HSET', KEYS[1], 'state', new, 'tx', string.sub(ARGV[7] .. ' ' .. applied, 1, 103))
 local out = {1, cur}
 local function emit(payload, delay)
   local aid = 's' .. redis.call('HINCRBY', KEYS[3], 'seq', 1)
@@ -131,7 +142,9 @@ end
 return out
 """
 
-# KEYS: run, pending, running   ARGV: action id, worker id, 1 if a release action
+# KEYS: run, pending, running   ARGV: action id, claim token (<worker id>/<nonce>), 1 if a release
+# Returns {'run', ''} (claimed now, or by this very token before: a replay), {'held', holder's
+# token}, or {'skip', 'aborted' | 'done'}.
 CLAIM = """
 local fl = tonumber(redis.call('HGET', KEYS[1], 'fl') or '1')
 if ARGV[3] ~= '1' and (fl ~= 1 or redis.call('HEXISTS', KEYS[1], 'drop') == 1) then
@@ -143,28 +156,57 @@ if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
   return {'run', ''}
 end
 local holder = redis.call('HGET', KEYS[3], ARGV[1])
+if holder == ARGV[2] then return {'run', ''} end
 if holder then return {'held', holder} end
 return {'skip', 'done'}
 """
 
-# KEYS: running   ARGV: action id, old holder, new holder
+# KEYS: running   ARGV: action id, old holder's token, new holder's token
 TAKEOVER = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder == ARGV[3] then return 1 end
+if holder == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
   return 1
 end
 return 0
 """
 
+# KEYS: running, task   ARGV: action id, claim token[, status, result (JSON): a tracked action]
+FINISH = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if ARGV[3] then redis.call('HSET', KEYS[2], 's', ARGV[3], 'r', ARGV[4]) end
+return 1
+"""
+
+# KEYS: running   ARGV: token that claims no longer run ('-'), then pairs of action id, token
+# A worker gives up claims whose action a Redis error cut short: each becomes held by '-', a
+# holder with no heartbeat, so the next delivery takes it over and resumes the action.
+# Returns how many it gave up (a claim another worker took over meanwhile is left alone).
+UNCLAIM = """
+local n = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # KEYS: group, groupstart   ARGV: gid, wait_all_ready, key prefix, guids...
+# A member is counted (not yet READY) only when it joins; a replay adds nothing.
 JOIN_GROUP = """
 local added = 0
 for i = 4, #ARGV do
   local rk = ARGV[3] .. ':rm:' .. ARGV[i]
-  local s = tonumber(redis.call('HGET', rk, 'state'))
+  local f = redis.call('HMGET', rk, 'state', 'grp')
   redis.call('HSET', rk, 'grp', ARGV[1])
-  if s < 3 then added = added + 1 end
-  if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[i]) end
+  -- counted once: a guid given twice, or a replay, finds itself in the group already
+  if f[2] ~= ARGV[1] then
+    if tonumber(f[1]) < 3 then added = added + 1 end
+    if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[i]) end
+  end
 end
 local left = redis.call('HINCRBY', KEYS[1], 'pending', added)
 if left <= 0 and ARGV[2] == '1' then
@@ -173,6 +215,32 @@ if left <= 0 and ARGV[2] == '1' then
   return ready
 end
 return {}
+"""
+
+# KEYS: run, pending, timers, outbox   ARGV: 1 to drop only once for an abort, else 0
+# Forget every pending action, timer and outbox entry; return the ids of the pending ones.
+# Once for an abort: the first caller (the controller's failure manager or a keeper) drops,
+# later ones find the run's 'revoked' mark and leave alone what was sent since (a release).
+# The drop a release of the whole run does first sets the mark too: an abort noticed after
+# it must not drop the release's own actions.
+DROP = """
+if ARGV[1] == '1' then
+  if redis.call('HSETNX', KEYS[1], 'revoked', 1) == 0 then return {} end
+else
+  redis.call('HSET', KEYS[1], 'revoked', 1)
+end
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return ids
+"""
+
+# KEYS: lease   ARGV: holder id, milliseconds
+# Take the lease when free, renew it when ours; return 1 when we hold it.
+LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 # KEYS: timers, outbox, pending   ARGV: horizon end (Redis clock)

@@ -15,6 +15,7 @@ on the action id makes a second delivery a no-op.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -23,8 +24,21 @@ from typing import Any
 import redis
 
 from .errors import ControllerClosedError, UnknownGuidError
-from .keys import Keys, worker_key
-from .scripts import CHECK, CLAIM, GATE, JOIN_GROUP, POP_TIMERS, REGISTER, TAKEOVER, TRANSITION
+from .keys import RUNS_KEY, Keys, worker_key
+from .scripts import (
+    CHECK,
+    CLAIM,
+    DROP,
+    FINISH,
+    GATE,
+    JOIN_GROUP,
+    LEASE,
+    POP_TIMERS,
+    REGISTER,
+    TAKEOVER,
+    TRANSITION,
+    UNCLAIM,
+)
 from .workers import HEARTBEAT_TTL
 
 
@@ -38,6 +52,8 @@ class FailureLevel:
 
 #: Seconds a publisher's lease on the outbox lasts after its last cleared chunk.
 OUTBOX_LEASE = 10
+#: The holder of a claim given up by its worker (no heartbeat has this id: the next delivery takes over).
+UNCLAIMED = "-"
 
 Payload = dict[str, Any]
 Dispatch = tuple[str, Payload, float]  # (action id, payload, due on the Redis clock)
@@ -107,6 +123,10 @@ class Store:
         self._join_group = reg(JOIN_GROUP)
         self._pop_timers = reg(POP_TIMERS)
         self._register = reg(REGISTER)
+        self._unclaim = reg(UNCLAIM)
+        self._finish = reg(FINISH)
+        self._drop = reg(DROP)
+        self._lease = reg(LEASE)
 
     @property
     def client(self) -> redis.Redis:
@@ -285,7 +305,7 @@ class Store:
         out = self._transition(
             client=self.client,
             keys=[k.rm(guid), k.wait(guid), k.run, k.events, k.outbox, k.pending, k.alarm, k.timers],
-            args=[int(state), allowed, guid, k.prefix, horizon, passed],
+            args=[int(state), allowed, guid, k.prefix, horizon, passed, os.urandom(6).hex()],
         )
         if out[0] == -1:
             raise UnknownGuidError(f"no resource with guid {guid}")
@@ -395,42 +415,58 @@ class Store:
                 stale.append((aid, json.loads(entries[aid]), due))
         return stale
 
-    def claim(self, aid: str, worker_id: str, is_release: bool) -> str:
-        """Claim an action for this worker; return ``run`` or why not.
+    def claim(self, aid: str, token: str, is_release: bool, suspect: str | None = None) -> str:
+        """Claim an action with ``token`` (``<worker id>/<nonce>``); return ``run`` or why not.
 
-        ``skip:…`` means the action is done, refused or running in this very
-        worker.  ``wait:<holder>`` means another worker, alive by its
-        heartbeat, holds it: the caller must look again later, since that
-        worker may have just died (a redelivery after SIGKILL arrives before
-        the dead worker's heartbeat expires).
+        ``resume``: the action was claimed before by a holder that no longer
+        runs it (a worker known dead, a claim its worker gave up, or this very
+        worker after a Redis error cut the action short); it is taken over and
+        must be carried to its end.  ``skip:…``: the action is done or refused.
+        ``wait:<worker>``: another worker, alive by its heartbeat, holds it;
+        look again once that heartbeat would have expired (the worker may have
+        just died).  ``suspect:<holder token>``: the holder's heartbeat is gone,
+        which after a Redis stall may only mean that Redis' clock jumped past
+        it; look again after a heartbeat period, passing the token as
+        ``suspect``: if the same holder still has no heartbeat, it is taken over.
+
+        The caller makes sure this process does not run ``aid`` already, so a
+        claim held by this worker under another token is one it gave up.
         """
         k = self.keys
         verdict, holder = self._claim(
-            client=self.client, keys=[k.run, k.pending, k.running], args=[aid, worker_id, int(is_release)]
+            client=self.client, keys=[k.run, k.pending, k.running], args=[aid, token, int(is_release)]
         )
-        if verdict == "held":
-            if holder == worker_id:
-                return "skip:running"
-            if self.client.exists(worker_key(holder)):
-                return f"wait:{holder}"
-            took = self._takeover(client=self.client, keys=[k.running], args=[aid, holder, worker_id])
-            return "run" if took else "skip:running"
-        return "run" if verdict == "run" else f"skip:{holder}"
+        if verdict != "held":
+            return "run" if verdict == "run" else f"skip:{holder}"
+        worker = holder.partition("/")[0]
+        if worker not in (UNCLAIMED, token.partition("/")[0]):
+            record = self.client.get(worker_key(worker))
+            if record is not None and not json.loads(record).get("dead"):
+                return f"wait:{worker}"
+            if record is None and holder != suspect:
+                return f"suspect:{holder}"
+        took = self._takeover(client=self.client, keys=[k.running], args=[aid, holder, token])
+        return "resume" if took else "skip:running"
+
+    def unclaim(self, claims: Sequence[tuple[str, str]]) -> int:
+        """Give up claims ``(aid, token)`` whose action no longer runs here; return how many."""
+        if not claims:
+            return 0
+        args = [UNCLAIMED] + [x for pair in claims for x in pair]
+        return int(self._unclaim(client=self.client, keys=[self.keys.running], args=args))
 
     def heartbeat_left(self, worker_id: str) -> float:
         """Return the seconds until the heartbeat of ``worker_id`` expires (0 if gone)."""
         ms = self.client.pttl(worker_key(worker_id))
         return 0.0 if ms == -2 else HEARTBEAT_TTL if ms == -1 else ms / 1000.0
 
-    def finish(self, aid: str, tracked: bool, status: str, result: Any) -> None:
-        """Mark an action done, recording status and result when tracked."""
-        if not tracked:
-            self.client.hdel(self.keys.running, aid)
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hdel(self.keys.running, aid)
-        pipe.hset(self.keys.task(aid), mapping={"s": status, "r": json.dumps(result)})
-        pipe.execute()
+    def finish(self, aid: str, token: str, tracked: bool, status: str, result: Any) -> None:
+        """Mark an action claimed with ``token`` done, recording status and result when tracked.
+
+        A claim taken over meanwhile (this worker was thought dead) is left to its new holder.
+        """
+        args = [aid, token] + ([status, json.dumps(result)] if tracked else [])
+        self._finish(client=self.client, keys=[self.keys.running, self.keys.task(aid)], args=args)
 
     def track(self, aid: str) -> None:
         """Create the status record of a tracked action (status NEW)."""
@@ -466,14 +502,15 @@ class Store:
         """Return every published, unclaimed action id."""
         return list(self.client.zrange(self.keys.pending, 0, -1))
 
-    def drop_pending(self) -> list[str]:
-        """Forget every pending action, timer and parked waiter; return the ids dropped."""
+    def drop_pending(self, for_abort: bool = False) -> list[str]:
+        """Forget every pending action, timer and outbox entry; return the ids dropped.
+
+        ``for_abort``: only the first caller after the run aborted drops (see ``DROP``).
+        """
         self._writable()
         k = self.keys
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zrange(k.pending, 0, -1)
-        pipe.delete(k.pending, k.timers, k.outbox)
-        return list(pipe.execute()[0])
+        out = self._drop(client=self.client, keys=[k.run, k.pending, k.timers, k.outbox], args=[int(for_abort)])
+        return [str(aid) for aid in out]
 
     # -- run -----------------------------------------------------------------
 
@@ -499,6 +536,38 @@ class Store:
         """Mark the whole run as being released: only release actions still run."""
         self._writable()
         self.client.hset(self.keys.run, "drop", 1)
+
+    # -- the run's lifecycle -------------------------------------------------
+
+    def enlist(self) -> None:
+        """Put the run among those the workers' keepers look after (until it is retired)."""
+        self._writable()
+        if not self.client.hexists(self.keys.run, "released"):
+            self.client.zadd(RUNS_KEY, {self.keys.member: self.now()}, nx=True)
+
+    def retire(self, retention: float) -> int:
+        """Mark the whole run released: off the keepers' list, every key expiring in ``retention`` s.
+
+        Returns how many keys were given the expiry.
+        """
+        self._writable()
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(k.run, "released", f"{self.now():.6f}")
+        pipe.zrem(RUNS_KEY, k.member)
+        pipe.execute()
+        keys = list(self.client.scan_iter(match=k.pattern(), count=1000))
+        ttl = max(1, int(retention))
+        for i in range(0, len(keys), 500):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys[i : i + 500]:
+                pipe.expire(key, ttl)
+            pipe.execute()
+        return len(keys)
+
+    def take_lease(self, holder: str, ms: int) -> bool:
+        """Take or renew the run's keeper lease for ``holder``; True when it holds it."""
+        return bool(self._lease(client=self.client, keys=[self.keys.keeper], args=[holder, ms]))
 
     # -- events --------------------------------------------------------------
 

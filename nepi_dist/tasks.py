@@ -23,15 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import redis
+from celery.exceptions import Reject
 
 from .batch import BATCH_TASK, BUFFER_SPREAD, SendBuffer, run_in_buffer
+from .connection import check_no_eviction, redis_client
 from .context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
 from .errors import ActionError, UnknownResourceTypeError
+from .keeper import Keeper
 from .keys import worker_key
 from .resource import ResourceFactory, ResourceRegistry
 from .routing import POOL_QUEUE, this_worker_host
 from .store import Store
-from .workers import HEARTBEAT_EVERY, beat, clear_dead_in_my_space
+from .workers import HEARTBEAT_EVERY, HEARTBEAT_TTL, beat, clear_dead_in_my_space
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -49,19 +52,24 @@ class WorkerRuntime:
 
     A Redis client, the registry of RM types, a worker id with a heartbeat
     key in Redis (a claim held by a worker whose heartbeat expired may be
-    taken over), and a small cache of run contexts.
+    taken over), a small cache of run contexts, the action ids this process
+    runs right now, and the claims it gave up after a Redis error (released
+    by the heartbeat thread once Redis answers again).
     """
 
     def __init__(self, app: Celery, registry: ResourceRegistry) -> None:
         self.app = app
         self.registry = registry
-        self.client = redis.Redis.from_url(app.conf.nepi_redis_url, decode_responses=True)
+        self.client = redis_client(app.conf.nepi_redis_url)
+        check_no_eviction(self.client)
         self.worker_id = f"{socket.gethostname()}.{os.getpid()}.{os.urandom(3).hex()}"
         self._contexts: dict[tuple[str, str], RunContext] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._on_stop: list[Callable[[], None]] = []
         self._batch_pool: ThreadPoolExecutor | None = None
+        self._running: set[tuple[str, str]] = set()  # (run key prefix, action id)
+        self._abandoned: list[tuple[Store, str, str]] = []
         self.queues = [q for q in os.environ.get(QUEUES_ENV, POOL_QUEUE).split(",") if q]
         self._beat()
         cleared = clear_dead_in_my_space(self.client, self.worker_id)
@@ -69,6 +77,7 @@ class WorkerRuntime:
             log.warning("cleared the heartbeats of dead workers %s", ", ".join(cleared))
         self._thread = threading.Thread(target=self._heartbeat, name="nepi-heartbeat", daemon=True)
         self._thread.start()
+        self._keeper = Keeper(self).start()
 
     def _beat(self) -> None:
         beat(self.client, self.worker_id,
@@ -78,8 +87,43 @@ class WorkerRuntime:
         while not self._stop.wait(HEARTBEAT_EVERY):
             try:
                 self._beat()
+                self._give_up_abandoned()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    # -- the actions this process runs ---------------------------------------------
+
+    def begin(self, store: Store, aid: str) -> bool:
+        """Note that this process starts running ``aid`` of ``store``'s run; False when it runs it already."""
+        with self._lock:
+            if (store.keys.prefix, aid) in self._running:
+                return False
+            self._running.add((store.keys.prefix, aid))
+            return True
+
+    def end(self, store: Store, aid: str) -> None:
+        with self._lock:
+            self._running.discard((store.keys.prefix, aid))
+
+    def abandon(self, store: Store, aid: str, token: str) -> None:
+        """Remember a claim whose action a Redis error cut short, to give it up when Redis answers."""
+        with self._lock:
+            self._abandoned.append((store, aid, token))
+
+    def _give_up_abandoned(self) -> None:
+        with self._lock:
+            abandoned, self._abandoned = self._abandoned, []
+        by_store: dict[int, tuple[Store, list[tuple[str, str]]]] = {}
+        for store, aid, token in abandoned:
+            by_store.setdefault(id(store), (store, []))[1].append((aid, token))
+        for store, claims in by_store.values():
+            try:
+                given = store.unclaim(claims)
+            except redis.RedisError:
+                with self._lock:
+                    self._abandoned.extend((store, aid, token) for aid, token in claims)
+                raise
+            log.warning("gave up %d claims that a Redis error cut short: they will be resumed", given)
 
     @property
     def batch_pool(self) -> ThreadPoolExecutor:
@@ -96,12 +140,14 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        self._keeper.stop()
         if self._batch_pool is not None:
             self._batch_pool.shutdown(wait=False, cancel_futures=True)
         for callback in self._on_stop:
             callback()
         with contextlib.suppress(redis.RedisError):
-            self.client.delete(worker_key(self.worker_id))
+            # A tombstone: whatever this process still held is taken over at once.
+            self.client.set(worker_key(self.worker_id), json.dumps({"dead": True}), ex=HEARTBEAT_TTL)
 
     def context(self, exp_id: str, run_id: str) -> RunContext:
         key = (exp_id, run_id)
@@ -132,35 +178,68 @@ _RUNTIME_LOCK = threading.Lock()
 
 
 def run_action(app: Celery, exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
-    """Claim and run one RM action; return what happened (for logs and tests)."""
+    """Claim and run one RM action; return what happened (for logs and tests).
+
+    A Redis error that outlasts the outage bound cuts the action short: its
+    message is rejected back to the queue (not acknowledged as done), this
+    process gives its claim up once Redis answers, and the next delivery
+    resumes the action (see :meth:`Store.claim`).
+    """
     rt = runtime_of(app)
     ctx = rt.context(exp_id, run_id)
+    if not rt.begin(ctx.store, aid):
+        log.debug("action %s is running in this process already", aid)
+        return "skip:running"
+    token = f"{rt.worker_id}/{os.urandom(4).hex()}"
+    try:
+        return _claim_and_run(ctx, aid, token, payload)
+    except redis.RedisError as exc:
+        rt.abandon(ctx.store, aid, token)
+        log.error("action %s %s on guid %s cut short by Redis (%s): it will run again",
+                  aid, payload.get("m"), payload.get("g"), exc)
+        raise Reject(exc, requeue=True) from exc
+    finally:
+        rt.end(ctx.store, aid)
+
+
+def _claim_and_run(ctx: RunContext, aid: str, token: str, payload: dict[str, Any]) -> str:
     method = str(payload["m"])
-    verdict = ctx.store.claim(aid, rt.worker_id, method in RELEASE_METHODS)
-    if verdict.startswith("wait:"):
-        # Held by a worker that may be dead: look again once its heartbeat would have expired.
-        later = ctx.store.heartbeat_left(verdict[5:]) + 0.5
-        ctx._dispatch([(aid, payload, ctx.store.now() + later)], from_outbox=False)
+    suspect = payload.get("x")
+    verdict = ctx.store.claim(aid, token, method in RELEASE_METHODS, suspect if isinstance(suspect, str) else None)
+    if verdict.startswith(("wait:", "suspect:")):
+        kind, _, holder = verdict.partition(":")
+        again = dict(payload)
+        if kind == "wait":
+            # Held by a worker that may be dead: look again once its heartbeat would have expired.
+            later = ctx.store.heartbeat_left(holder) + 0.5
+            again.pop("x", None)
+        else:
+            # The holder's heartbeat is gone: make sure it stays gone for a whole heartbeat period.
+            later = HEARTBEAT_EVERY + 1.0
+            again["x"] = holder
+        ctx._dispatch([(aid, again, ctx.store.now() + later)], from_outbox=False)
         log.info("action %s %s on guid %s held by %s: looking again in %.1fs",
-                 aid, method, payload.get("g"), verdict[5:], later)
+                 aid, method, payload.get("g"), holder, later)
         return verdict
-    if verdict != "run":
+    if verdict not in ("run", "resume"):
         log.debug("action %s %s on guid %s: %s", aid, method, payload.get("g"), verdict)
         return verdict
     tracked = bool(payload.get("t"))
     status, result = "DONE", None
     try:
         rm = ctx.get_resource(int(payload["g"]))
+        rm._resumed = verdict == "resume"
         value = resolve_action(rm, method)(*payload.get("a", []), **payload.get("k", {}))
         result = value if _jsonable(value) else repr(value)
+    except redis.RedisError:
+        raise  # not the action's failure: it runs again
     except Exception as exc:
         status, result = "ERROR", traceback.format_exc()
         log.warning("action %s %s on guid %s failed: %s", aid, method, payload.get("g"), exc)
         if _is_setup_error(exc):
             _fail_resource(ctx, int(payload["g"]), f"{type(exc).__name__}: {exc}")
-    finally:
-        ctx.store.finish(aid, tracked, status, result)
-    return status.lower()
+    ctx.store.finish(aid, token, tracked, status, result)
+    return status.lower() if verdict == "run" else f"resumed:{status.lower()}"
 
 
 def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[str, int]:
@@ -193,13 +272,18 @@ def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[s
         except Exception as exc:  # the task boundary: the outbox keeps them for the failure manager
             log.error("publishing %d actions of a batch failed (left in the outbox): %s", len(sends), exc)
     counts: dict[str, int] = {}
+    cut_short: Reject | None = None
     for future in futures:
         try:
             verdict = future.result()
+        except Reject as exc:
+            cut_short, verdict = exc, "cut-short"
         except Exception as exc:  # the task boundary: one action's crash does not drop the others
             log.error("batch action crashed: %s", exc)
             verdict = "crash"
         counts[verdict] = counts.get(verdict, 0) + 1
+    if cut_short is not None:  # back to the queue: the actions done are skipped, the others resumed
+        raise cut_short
     return counts
 
 

@@ -1,7 +1,8 @@
 """Which workers are alive: their heartbeats in Redis.
 
 Every worker process keeps ``nepi:worker:<worker_id>`` alive (a JSON record
-with a TTL) while it runs.  A claim held by a worker whose key expired may be
+with a TTL) while it runs; ``{"dead": true}`` there is a tombstone left by a
+successor that saw the process gone.  A claim held by a worker whose key expired may be
 taken over; a host queue without any live worker makes deploys on that host
 fail after a bounded wait; ``nepi-dist workers`` lists them.
 
@@ -53,7 +54,8 @@ def live_workers(client: redis.Redis) -> dict[str, dict[str, Any]]:
     if not keys:
         return {}
     prefix = len(worker_key(""))
-    return {k[prefix:]: json.loads(v) for k, v in zip(keys, client.mget(keys), strict=True) if v is not None}
+    records = {k[prefix:]: json.loads(v) for k, v in zip(keys, client.mget(keys), strict=True) if v is not None}
+    return {w: info for w, info in records.items() if not info.get("dead")}
 
 
 def live_queues(client: redis.Redis) -> set[str]:
@@ -70,7 +72,9 @@ def clear_dead_in_my_space(client: redis.Redis, my_id: str) -> list[str]:
             continue
         pid = info.get("pid")
         if isinstance(pid, int) and not _alive(pid):
-            client.delete(worker_key(worker_id))
+            # A tombstone, not a deletion: a claim whose holder's heartbeat is merely missing
+            # is suspected only (a Redis stall expires live heartbeats); a dead one is taken over.
+            client.set(worker_key(worker_id), json.dumps({"dead": True}), ex=HEARTBEAT_TTL)
             cleared.append(worker_id)
     return cleared
 

@@ -5,6 +5,7 @@ External workers load this module with ``--rm-module tests.rms``.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -167,6 +168,32 @@ class BadRelease(ResourceManager):
         raise RuntimeError("release fails on purpose")
 
 
-TYPES = [Channel, Interface, Node, Application, ErrorApplication, Plain, SlowDeploy, Forever, FailingStart, BadRelease]
+@clsinit_copy
+class TwoStep(ResourceManager):
+    """Starts in two steps, as NEPI's own test RMs do: STARTED, ``hold`` seconds of work, FINISHED.
+
+    Each run of its start appends a line to the file ``ledger`` names (when set).
+    """
+
+    _rtype = "TwoStep"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        cls._register_attribute(Attribute("hold", "Seconds between STARTED and FINISHED", type=Types.Double,
+                                          default=0.0))
+        cls._register_attribute(Attribute("ledger", "File each start appends a line to"))
+
+    def do_start(self) -> None:
+        ledger = self.get("ledger")
+        if ledger:
+            with open(ledger, "a") as f:
+                f.write(f"{self.guid} {os.getpid()} {'resumed' if self._resumed else 'first'}\n")
+        self.set_started()
+        time.sleep(float(self.get("hold")))
+        self.set_finished()
+
+
+TYPES = [Channel, Interface, Node, Application, ErrorApplication, Plain, SlowDeploy, Forever, FailingStart, BadRelease,
+         TwoStep]
 for _t in TYPES:
     ResourceFactory.register_type(_t)

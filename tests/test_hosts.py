@@ -18,6 +18,7 @@ from nepi_dist.embedded import EmbeddedRedis
 from nepi_dist.errors import NoWorkerError, UnknownTraceError
 from nepi_dist.keys import worker_pattern
 from nepi_dist.routing import POOL_QUEUE, host_queue
+from nepi_dist.workers import live_workers
 
 from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
 
@@ -73,7 +74,7 @@ def test_the_workers_command_lists_live_workers_and_their_queues(pool_and_host_w
     assert f"host=-\tqueues={POOL_QUEUE}" in out
 
 
-def test_a_worker_restarted_after_sigkill_clears_its_dead_predecessors_heartbeat_at_once(
+def test_a_worker_restarted_after_sigkill_marks_its_dead_predecessor_dead_at_once(
     redis_server: EmbeddedRedis,
 ) -> None:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -89,9 +90,11 @@ def test_a_worker_restarted_after_sigkill_clears_its_dead_predecessors_heartbeat
         second = start_worker_process(redis_server.url, "h2", 2, "--host", "h2")
         wait_for_workers(redis_server.url, 1)
         deadline = time.monotonic() + 10
-        while client.exists(old[0]) and time.monotonic() < deadline:
+        while json.loads(client.get(old[0]) or "{}").get("pid") == first.pid and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not client.exists(old[0]), "the new worker left its dead predecessor's heartbeat"
+        # A tombstone: a claim the dead worker held is taken over at once, not after a suspicion.
+        assert json.loads(client.get(old[0]) or "{}") == {"dead": True}, "the dead worker still looks alive"
+        assert old[0].removeprefix("nepi:worker:") not in live_workers(client)
         assert len(_heartbeats_of(client, second.pid)) == 1
     finally:
         for p in (first, second):

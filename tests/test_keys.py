@@ -13,13 +13,14 @@ from nepi_dist.embedded import EmbeddedRedis
 from nepi_dist.errors import ExperimentIdError, UnknownGuidError
 from nepi_dist.keys import Keys, check_id, worker_key, worker_pattern
 
-#: Keys a run may leave outside its prefix: Celery/kombu's own and worker heartbeats.
+#: Keys a run may leave outside its prefix: Celery/kombu's own, worker heartbeats, the list of live runs.
 CELERY_OR_WORKER = re.compile(
     r"^(_kombu\..+"  # kombu bindings
     r"|unacked(_index|_mutex)?"  # kombu's redis transport (acks_late)
     r"|nepi\.pool(\x06\x16\d+)?"  # the pool queue (and its priority lists)
     r"|[0-9a-f-]+\.reply\.celery\.pidbox"  # control replies
-    r"|nepi:worker:[^:{}]+)$"  # worker heartbeats
+    r"|nepi:worker:[^:{}]+"  # worker heartbeats
+    r"|nepi:runs)$"  # the runs not yet released, which the workers' keepers keep
 )
 
 

@@ -1,0 +1,132 @@
+"""Redis clients that ride out a Redis restart or stall, up to one bound.
+
+Every Redis client of nepi_dist (the controller's, each worker's, the
+command line's) comes from :func:`redis_client`.  A Redis that restarts
+(from its append-only file) refuses connections, then answers ``LOADING``
+for a while; a Redis that is paused (SIGSTOP, a long fork, a saturated host)
+answers nothing at all.  Both are ridden out:
+
+* a command waits for its reply up to the *outage bound*
+  (``$NEPI_DIST_REDIS_OUTAGE`` seconds, default 60): a stalled Redis runs the
+  command once when it resumes, and the command is never sent twice;
+* a refused, reset or loading connection is retried with jittered
+  exponential backoff (capped at 1 s) until the bound has passed since the
+  command was first sent.
+
+A command may still reach Redis twice (the connection broke after Redis ran
+it, before the reply arrived): every script of the store is written to be
+idempotent under such a replay (see :mod:`nepi_dist.scripts`).  Past the
+bound, the redis-py error propagates; the controller's API turns it into
+:class:`~nepi_dist.errors.RedisUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from .errors import RedisConfigError
+
+OUTAGE_ENV = "NEPI_DIST_REDIS_OUTAGE"
+DEFAULT_OUTAGE = 60.0
+#: Seconds a new TCP connection may take before it counts as a failure (and is retried).
+CONNECT_TIMEOUT = 5.0
+#: Connections one client's pool may open: every thread holds its own (see Store.client).
+POOL_SIZE = 4096
+
+T = TypeVar("T")
+
+
+def outage_bound() -> float:
+    """Return the seconds a Redis outage is ridden out (``$NEPI_DIST_REDIS_OUTAGE``)."""
+    raw = os.environ.get(OUTAGE_ENV, "")
+    try:
+        bound = float(raw) if raw else DEFAULT_OUTAGE
+    except ValueError:
+        raise RedisConfigError(f"{OUTAGE_ENV}={raw!r} is not a number of seconds") from None
+    if bound <= 0:
+        raise RedisConfigError(f"{OUTAGE_ENV}={raw!r} must be positive")
+    return bound
+
+
+class OutageRetry(Retry):
+    """Retry a failed command until ``bound`` seconds have passed since it was first sent.
+
+    redis-py's own policy counts attempts (10 by default, each waiting up to
+    5 s for a reply, then sending the command again), so how long it waits
+    depends on how the connection fails, and a stalled Redis gets the same
+    command several times.  Here the socket waits for a reply as long as the
+    bound itself, so a reply that does not come ends the call: a command is
+    sent again only after a refused, reset or loading connection.
+    """
+
+    def __init__(self, bound: float) -> None:
+        super().__init__(
+            ExponentialWithJitterBackoff(cap=1.0, base=0.05),
+            retries=1_000_000,
+            supported_errors=(redis.ConnectionError, redis.TimeoutError, socket.timeout),
+        )
+        self.bound = bound
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        self._backoff.reset()
+        failures = 0
+        deadline = time.monotonic() + self.bound
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(self._backoff.compute(failures), left))
+
+
+def redis_client(url: str, *, bound: float | None = None, decode_responses: bool = True) -> redis.Redis:
+    """Return a client on ``url`` that rides out restarts and stalls up to ``bound`` seconds."""
+    bound = outage_bound() if bound is None else bound
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode_responses,
+        socket_timeout=bound,
+        socket_connect_timeout=min(CONNECT_TIMEOUT, bound),
+        socket_keepalive=True,
+        retry=OutageRetry(bound),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        max_connections=POOL_SIZE,
+        health_check_interval=0,
+    )
+
+
+def check_no_eviction(client: redis.Redis) -> None:
+    """Refuse a Redis that may evict keys: it would drop a run's state without a word.
+
+    Read from ``INFO memory``, which needs no CONFIG permission.
+    """
+    policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        raise RedisConfigError(
+            f"Redis at {client.connection_pool.connection_kwargs.get('host')} has maxmemory-policy "
+            f"{policy}: it may evict a run's keys and lose its state silently. "
+            "Set `maxmemory-policy noeviction` (redis.conf or CONFIG SET)."
+        )

@@ -1,0 +1,215 @@
+"""Redis that stalls, loses a reply, may evict keys, or keeps a run forever.
+
+Replies are lost for real: a TCP proxy between the client and a real
+redis-server closes the connection instead of forwarding the next reply, so
+the command ran in Redis and the client sends it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from nepi_dist import ExperimentController, ResourceState
+from nepi_dist.connection import redis_client
+from nepi_dist.embedded import EmbeddedRedis, free_port
+from nepi_dist.errors import RedisConfigError, RedisUnavailableError
+from nepi_dist.keys import RUNS_KEY, Keys
+from nepi_dist.store import Store
+
+from .rms import Plain
+
+
+class ReplyCutter:
+    """A TCP proxy to a redis-server that can drop the next reply and cut the connection."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._cut = threading.Event()
+        self.cuts = 0
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cut_next_reply(self) -> None:
+        self._cut.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if replies and self._cut.is_set():
+                    self._cut.clear()
+                    self.cuts += 1
+                    break  # the command ran in Redis; its reply never arrives
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@pytest.fixture
+def cutter(redis_server: EmbeddedRedis) -> Iterator[ReplyCutter]:
+    proxy = ReplyCutter(redis_server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def registered(store: Store, n: int = 1) -> list[int]:
+    return [store.register(Plain.get_rtype(), None) for _ in range(n)]
+
+
+def events_of(store: Store, guid: int) -> list[int]:
+    return [int(f["s"]) for _, f in store.client.xrange(store.keys.events) if int(f["g"]) == guid]
+
+
+def test_a_transition_whose_reply_was_lost_is_sent_again_and_applied_once(cutter: ReplyCutter) -> None:
+    store = Store(redis_client(cutter.url), "exp-faults", "run-1")
+    (g,) = registered(store)
+    store.transition(g, ResourceState.DISCOVERED, horizon=60)  # the script is loaded and cached
+    cutter.cut_next_reply()
+    result = store.transition(g, ResourceState.READY, horizon=60, through=[ResourceState.PROVISIONED])
+    assert cutter.cuts == 1, "the reply was really lost"
+    assert result.changed is False, "the second sending found the transition applied"
+    assert store.state(g) == ResourceState.READY
+    assert events_of(store, g) == [ResourceState.DISCOVERED, ResourceState.PROVISIONED, ResourceState.READY]
+
+
+def test_a_replayed_transition_does_not_undo_a_later_one(redis_server: EmbeddedRedis) -> None:
+    store = Store(redis_client(redis_server.url), "exp-faults", "run-2")
+    (g,) = registered(store)
+    k = store.keys
+    args = [int(ResourceState.STARTED), "", g, k.prefix, 60, "", "token-1-abc"]
+    keys = [k.rm(g), k.wait(g), k.run, k.events, k.outbox, k.pending, k.alarm, k.timers]
+    store._transition(client=store.client, keys=keys, args=args)
+    store.transition(g, ResourceState.FINISHED, horizon=60)
+    store._transition(client=store.client, keys=keys, args=args)  # the same call again, late
+    assert store.state(g) == ResourceState.FINISHED
+
+
+def test_a_claim_whose_reply_was_lost_still_lets_its_worker_run_the_action(cutter: ReplyCutter) -> None:
+    store = Store(redis_client(cutter.url), "exp-faults", "run-3")
+    store.add_pending([("a1", store.now()), ("a2", store.now())])
+    assert store.claim("a1", "w1/n1", False) == "run"
+    cutter.cut_next_reply()
+    assert store.claim("a2", "w1/n2", False) == "run", "the replayed claim is its own, not another's"
+    assert cutter.cuts == 1
+    assert store.claim("a2", "w2/n3", False) == "suspect:w1/n2", "a claim by another token is not"
+
+
+def test_a_guid_given_twice_or_a_replayed_join_counts_once_in_its_group(redis_server: EmbeddedRedis) -> None:
+    store = Store(redis_client(redis_server.url), "exp-faults", "run-4")
+    a, b = registered(store, 2)
+    assert store.join_group(1, [a, a, b], True) == []
+    assert store.join_group(1, [a, b], True) == [], "the replay adds nothing"
+    assert store.client.hget(store.keys.group(1), "pending") == "2"
+    store.transition(a, ResourceState.READY, horizon=60)
+    woken = store.transition(b, ResourceState.READY, horizon=60).dispatch
+    assert sorted(p["g"] for _, p, _ in woken) == [a, b], "the group's starts are released once both are READY"
+
+
+def test_a_redis_stall_within_the_bound_is_ridden_out_and_every_rm_finishes() -> None:
+    ec = ExperimentController(nthreads=10)
+    try:
+        assert ec._redis is not None
+        guids = [ec.register_resource(Plain.get_rtype()) for _ in range(60)]
+        for g in guids:
+            ec.set(g, "runtime", 1.0)
+        ec.deploy()
+        ec.wait_started(guids[:1], timeout=30)
+        os.kill(ec._redis.pid, signal.SIGSTOP)
+        threading.Event().wait(4.0)
+        os.kill(ec._redis.pid, signal.SIGCONT)
+        ec.wait_finished(guids, timeout=60)
+        assert [ec.state(g) for g in guids] == [ResourceState.FINISHED] * len(guids)
+        assert not ec.abort
+    finally:
+        with contextlib.suppress(Exception):
+            os.kill(ec._redis.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        ec.shutdown()
+
+
+def test_a_stall_past_the_bound_reaches_the_user_as_a_typed_error_and_the_controller_goes_on(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEPI_DIST_REDIS_OUTAGE", "1.5")
+    ec = ExperimentController(redis_url=redis_server.url, local_worker=False)
+    try:
+        g = ec.register_resource(Plain.get_rtype())
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RedisUnavailableError) as caught:
+                ec.state(g)
+            assert not isinstance(caught.value, redis.RedisError)
+            assert "NEPI_DIST_REDIS_OUTAGE" in str(caught.value)
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        assert ec.state(g) == ResourceState.NEW
+    finally:
+        ec.shutdown()
+
+
+def test_a_redis_that_may_evict_keys_is_refused_before_anything_is_written(redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    with pytest.raises(RedisConfigError, match="maxmemory-policy allkeys-lru"):
+        ExperimentController(redis_url=redis_server.url, local_worker=False)
+    assert client.dbsize() == 0
+    client.config_set("maxmemory-policy", "noeviction")
+    client.close()
+
+
+def test_a_released_run_expires_after_the_retention_and_a_live_one_never(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEPI_DIST_RETENTION", "3600")
+    url = redis_server.url
+    live = ExperimentController(exp_id="exp-retention", run_id="live", redis_url=url, local_worker=False)
+    done = ExperimentController(exp_id="exp-retention", run_id="done", redis_url=url, local_worker=True, nthreads=4)
+    try:
+        live.register_resource(Plain.get_rtype())
+        g = done.register_resource(Plain.get_rtype())
+        done.deploy()
+        done.wait_finished([g], timeout=30)
+    finally:
+        done.shutdown()
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        released = sorted(client.scan_iter(match=Keys("exp-retention", "done").pattern()))
+        kept = sorted(client.scan_iter(match=Keys("exp-retention", "live").pattern()))
+        assert released and kept
+        assert all(0 < client.ttl(k) <= 3600 for k in released), {k: client.ttl(k) for k in released}
+        leases = {Keys("exp-retention", "live").keeper, Keys("exp-retention", "live").publishing}
+        assert all(client.ttl(k) == -1 for k in kept if k not in leases), "a live run's keys never expire"
+        assert client.zrange(RUNS_KEY, 0, -1) == ["exp-retention|live"]
+        assert client.hget(Keys("exp-retention", "done").run, "released")
+        assert done.state(g) == ResourceState.RELEASED, "the released run still answers reads"
+    finally:
+        client.close()
+        live.shutdown()
