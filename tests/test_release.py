@@ -256,6 +256,21 @@ def test_an_application_restarted_after_a_stop_is_still_seen_failing_by_itself(e
     assert ec.get_resource(a).exitcode == 3
 
 
+def test_a_node_that_cleans_processes_deploys_and_releases_its_running_application_cleanly(
+    ec: ExperimentController, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    node = add_node(ec, cleanProcesses=True)
+    a = add_app(ec, node, "sleep 30")
+    ec.deploy()
+    ec.wait_started(a, timeout=60)
+    pid = ec.get_resource(a).pid
+    assert pid is not None
+    ec.release()
+    assert_released_cleanly(ec, [a, node], caplog)
+    assert not group_alive(pid)
+
+
 def test_applications_released_by_another_worker_process_than_their_watcher_are_not_failures(
     redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
