@@ -34,6 +34,21 @@ def connected(signal: Any, watcher: W) -> Iterator[W]:
         signal.disconnect(watcher)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run the whole session with HOME in a temporary folder, never the user's.
+
+    Set in this process's environment, so in-process workers (the embedded
+    default) and every worker subprocess the tests start inherit it: a
+    localhost node's ``${HOME}/nepi-usr`` and ``${HOME}/nepi-exp`` land there.
+    The test sshd sets it for its sessions too (``SetEnv``, see SSHServer).
+    """
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        yield home
+
+
 @pytest.fixture(autouse=True)
 def _no_external_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests choose their Redis explicitly; the environment's is ignored."""
@@ -122,7 +137,7 @@ def keys_of(url: str, pattern: str) -> list[str]:
 class SSHServer:
     """A real sshd on 127.0.0.1 with keys generated for the test session."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, home: Path) -> None:
         from nepi_dist.embedded import free_port
 
         self.dir = workdir
@@ -140,6 +155,8 @@ class SSHServer:
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "Subsystem sftp internal-sftp\nUsePAM no\nStrictModes no\nMaxSessions 200\n"
             "MaxStartups 100:30:200\nLogLevel ERROR\n"
+            # A login's HOME comes from the passwd entry (the real home): keep the tests out of it.
+            f"SetEnv HOME={home}\n"
         )
         os.makedirs("/run/sshd", exist_ok=True)
         sshd = "/usr/sbin/sshd"
@@ -163,9 +180,9 @@ class SSHServer:
 
 
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
-    """A real sshd on a free high port of 127.0.0.1, for the whole session."""
-    server = SSHServer(tmp_path_factory.mktemp("sshd"))
+def sshd(tmp_path_factory: pytest.TempPathFactory, _temporary_home: Path) -> Iterator[SSHServer]:
+    """A real sshd on a free high port of 127.0.0.1, for the whole session (HOME: the session's)."""
+    server = SSHServer(tmp_path_factory.mktemp("sshd"), _temporary_home)
     try:
         yield server
     finally:

@@ -5,11 +5,13 @@ home): packages from ``depends``, ``sources``/``files``/``libs``/``bins``
 uploaded, ``code`` written, then ``build`` and ``install`` run.  Start runs
 ``command`` detached from the worker in its own session; the per-process
 :mod:`watcher <nepi_dist.resources.linux.watcher>` sees it exit and sets
-FINISHED (exit code 0) or FAILED.  Stop kills its process group.
+FINISHED (exit code 0) or FAILED.  Stop and release kill its process group;
+the exit they cause is not a failure (see :meth:`LinuxApplication.on_exit`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,6 +19,7 @@ import urllib.request
 from typing import Any
 
 from ...attribute import Attribute, Flags, Types
+from ...batch import current_buffer
 from ...errors import UnknownTraceError
 from ...resource import ResourceManager
 from ...state import ResourceState
@@ -203,37 +206,90 @@ class LinuxApplication(ResourceManager):
             self.set_stopped()
             return
         node = self.node
+        sudo = bool(self.get("sudo"))
         stdin = f"{self.run_home}/stdin_data" if self.get("stdin") else None
         pid = node.run_detached(self.replace_paths(command), self.run_home, stdin=stdin,
-                                env=self._env(), sudo=bool(self.get("sudo")))
+                                env=self._env(), sudo=sudo)
         self._put(pid=pid)
         watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid, self.set_started)
+        # A release that began before the pid was recorded did not see this process: it is
+        # this start's to stop.  (One that began after it saw the pid and stops it itself.)
+        if self._got("releasing"):
+            node.kill_group(pid, sudo=sudo)
 
     def do_stop(self) -> None:
         pid = self.pid
         if pid is not None:
-            self._put(stopping=True)
+            # Recorded before the kill: the exit it causes is the stop's, not a failure.
+            self._put(stopped_pid=pid)
             self.node.kill_group(pid, sudo=bool(self.get("sudo")))
-        self.set_stopped()
+        self._end(ResourceState.STOPPED)
 
-    def on_exit(self, exitcode: int | None) -> None:
-        """Called by the watcher when the command's session ended."""
-        if self.state != ResourceState.STARTED or self._got("stopping"):
-            return
+    def _end(self, state: ResourceState) -> bool:
+        """Move STARTED -> ``state`` in one atomic step; False (nothing changed) when no longer STARTED.
+
+        The process's own end (FINISHED, FAILED) and a stop race each other:
+        whichever comes first is the RM's state, the other changes nothing.
+        """
+        self._gated_state = None
+        ec = self.ec
+        result = self._store.transition(self.guid, state, horizon=ec._horizon,
+                                        allowed_from=(ResourceState.STARTED,))
+        if result.dispatch:
+            buffer = current_buffer(ec)
+            if buffer is not None:
+                buffer.add(result.dispatch)  # the transition's script put them in the outbox already
+            else:
+                ec._dispatch(result.dispatch, from_outbox=True)
+        return result.changed
+
+    def on_exit(self, exitcode: int | None, pid: int | None = None) -> None:
+        """Called by the watcher when the session of process ``pid`` ended (None: the current one).
+
+        ``exitcode`` is what the command's wrapper recorded, None when the
+        wrapper was killed first.  Our stop and release kill the whole group,
+        wrapper included, so an exit code means the command ended by itself:
+        FINISHED on 0, FAILED otherwise.  No exit code is a failure unless a
+        stop or release of this process was recorded, which both do in Redis
+        before they kill: the exit came after the kill, so this read, after
+        the exit, sees the record.
+        """
+        fields = self._store.rm_fields(self.guid, "state", "p:pid", "p:stopped_pid", "p:releasing")
+        state, current, stopped, releasing = (None if f is None else json.loads(f) for f in fields)
+        if state != ResourceState.STARTED:
+            return  # stopped, released, or already ended: the exit is no news
+        if pid is not None and current is not None and pid != current:
+            return  # an earlier run's process (the RM was stopped and started again)
+        pid = current if pid is None else pid
         if exitcode is None:
-            self.fail("the command was killed before it could record its exit code")
+            if releasing or (stopped is not None and stopped == pid):
+                return  # our own kill: the stop or release sets the state
+            self._fail_started("the command was killed before it could record its exit code")
             return
         self._put(exitcode=exitcode)
         if exitcode == 0:
-            self.set_finished()
+            self._end(ResourceState.FINISHED)
         else:
             tail = self.trace("stderr", TraceAttr.ALL) or ""
-            self.fail(f"command exited {exitcode}: {str(tail).strip()[-500:]}")
+            self._fail_started(f"command exited {exitcode}: {str(tail).strip()[-500:]}")
+
+    def _fail_started(self, message: str) -> None:
+        """FAILED with ``message``, only from STARTED (a stop or release that came first wins).
+
+        The message is written first, so whoever sees FAILED finds it; when the
+        stop or release won, it stays as a true note of how the command ended.
+        """
+        self._store.set_fields(self.guid, {"err": message[:4000]})
+        self._end(ResourceState.FAILED)
 
     def do_release(self) -> None:
+        # Recorded before anything is killed: every exit from here on is the release's.
+        self._put(releasing=True)
+        sudo = bool(self.get("sudo"))
         try:
-            if self.state == ResourceState.STARTED and self.pid is not None:
-                self.node.kill_group(self.pid, sudo=bool(self.get("sudo")))
+            state, pid = self._store.rm_fields(self.guid, "state", "p:pid")
+            if pid is not None and state is not None and int(state) == ResourceState.STARTED:
+                self.node.kill_group(int(json.loads(pid)), sudo=sudo)
             tear_down = self.get("tearDown")
             if tear_down:
                 self.node.execute(f"cd {shlex.quote(self.app_home)} && {self.replace_paths(tear_down)}",

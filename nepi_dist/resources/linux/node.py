@@ -12,6 +12,11 @@ from ...state import ResourceState
 from .shell import HostSpec, Result, Shell, shell_for
 
 
+def _ere_literal(text: str) -> str:
+    """``text`` as a POSIX extended regular expression matching exactly it (pkill's patterns)."""
+    return "".join(f"\\{c}" if c in ".[]()*+?{}|^$\\" else c for c in text)
+
+
 class LinuxNode(ResourceManager):
     """A Linux host.  ``localhost`` runs commands locally, any other host over SSH.
 
@@ -43,8 +48,8 @@ class LinuxNode(ResourceManager):
                       flags=Flags.ExecReadOnly))
         add(Attribute("cleanExperiment", "Remove the experiment's folder on deploy", type=Types.Bool,
                       default=False, flags=Flags.ExecReadOnly))
-        add(Attribute("cleanProcesses", "Kill the user's processes on deploy and release", type=Types.Bool,
-                      default=False, flags=Flags.ExecReadOnly))
+        add(Attribute("cleanProcesses", "Kill the user's processes run from ${HOME}/nepi-exp on deploy and release",
+                      type=Types.Bool, default=False, flags=Flags.ExecReadOnly))
         add(Attribute("tearDown", "Command run on the host at release", flags=Flags.ExecReadOnly))
         add(Attribute("worker", "Host worker serving this node (`nepi-dist worker --host NAME`): "
                       "its RMs run there, locally; empty = the pool, over SSH", flags=Flags.ExecReadOnly))
@@ -207,7 +212,8 @@ class LinuxNode(ResourceManager):
         elif self.get("cleanExperiment"):
             commands.append(f"rm -rf {shlex.quote(self.exp_home)}")
         if self.get("cleanProcesses"):
-            commands.append(self._kill_user_processes())
+            # In a shell of its own: one whose command line names a nepi-exp path would be killed.
+            self.execute(self._kill_user_processes())
         dirs = " ".join(shlex.quote(d) for d in (self.lib_dir, self.bin_dir, self.src_dir,
                                                   self.share_dir, self.node_home))
         commands.append(f"mkdir -p {dirs}")
@@ -215,7 +221,15 @@ class LinuxNode(ResourceManager):
         super().do_provision()
 
     def _kill_user_processes(self) -> str:
-        return "pkill -KILL -u \"$(id -u)\" -f 'nepi-exp/' 2>/dev/null; true"
+        """The command killing the user's processes run from this host's ``${HOME}/nepi-exp``.
+
+        The pattern's last letter is in brackets so that it does not match the
+        command line of the shell running it (which would kill that shell and
+        the commands after it); run it alone, not joined to commands naming
+        such a path.
+        """
+        pattern = _ere_literal(self.exp_dir[:-1]) + f"[{self.exp_dir[-1]}]/"
+        return f"pkill -KILL -u \"$(id -u)\" -f {shlex.quote(pattern)} 2>/dev/null; true"
 
     def do_start(self) -> None:
         self.set_started()

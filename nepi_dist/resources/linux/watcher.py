@@ -115,7 +115,7 @@ class Watcher:
                 code = self._exit_code(entry)
             ctx = self._runtime.context(entry.exp_id, entry.run_id)
             rm = ctx.get_resource(entry.guid)
-            rm.on_exit(code)  # type: ignore[attr-defined]
+            rm.on_exit(code, entry.pid)  # type: ignore[attr-defined]
         except Exception:  # the pool boundary: record and go on watching the others
             log.exception("could not report the exit of guid %s", entry.guid)
         finally:
