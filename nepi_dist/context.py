@@ -406,9 +406,14 @@ class RunContext:
             raise RemoteReadError(f"{method} of guid {guid} on {queue}: {answer['e']}")
         return base64.b64decode(answer["b"]) if "b" in answer else answer["v"]
 
-    def _transition(self, guid: int, state: ResourceState, through: Sequence[ResourceState] = ()) -> bool:
-        """Change an RM's state (by way of ``through``) and publish what the change woke up."""
-        result = self._store.transition(guid, state, horizon=self._horizon, through=through)
+    def _transition(
+        self, guid: int, state: ResourceState, through: Sequence[ResourceState] = (),
+        allowed_from: Sequence[ResourceState] = (),
+    ) -> bool:
+        """Change an RM's state (by way of ``through``; only from ``allowed_from`` when given)
+        and publish what the change woke up."""
+        result = self._store.transition(guid, state, horizon=self._horizon, through=through,
+                                        allowed_from=allowed_from)
         if result.dispatch:
             buffer = current_buffer(self)
             if buffer is not None:

@@ -382,9 +382,11 @@ class ResourceManager:
 
     # -- state setters -------------------------------------------------------
 
-    def _set_state(self, state: ResourceState, through: Sequence[ResourceState] = ()) -> bool:
+    def _set_state(
+        self, state: ResourceState, through: Sequence[ResourceState] = (), allowed_from: Sequence[ResourceState] = ()
+    ) -> bool:
         self._gated_state = None
-        return self._ec._transition(self._guid, state, through)
+        return self._ec._transition(self._guid, state, through, allowed_from)
 
     def set_discovered(self) -> bool:
         return self._set_state(ResourceState.DISCOVERED)

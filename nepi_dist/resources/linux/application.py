@@ -19,7 +19,6 @@ import urllib.request
 from typing import Any
 
 from ...attribute import Attribute, Flags, Types
-from ...batch import current_buffer
 from ...errors import UnknownTraceError
 from ...resource import ResourceManager
 from ...state import ResourceState
@@ -207,6 +206,11 @@ class LinuxApplication(ResourceManager):
             return
         node = self.node
         sudo = bool(self.get("sudo"))
+        pid = self.pid
+        if self._resumed and pid is not None and node.execute(f"kill -0 {int(pid)}").exitcode == 0:
+            # A start cut short after it launched the command: watch that process, launch no other.
+            watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid, self.set_started)
+            return
         stdin = f"{self.run_home}/stdin_data" if self.get("stdin") else None
         pid = node.run_detached(self.replace_paths(command), self.run_home, stdin=stdin,
                                 env=self._env(), sudo=sudo)
@@ -231,17 +235,7 @@ class LinuxApplication(ResourceManager):
         The process's own end (FINISHED, FAILED) and a stop race each other:
         whichever comes first is the RM's state, the other changes nothing.
         """
-        self._gated_state = None
-        ec = self.ec
-        result = self._store.transition(self.guid, state, horizon=ec._horizon,
-                                        allowed_from=(ResourceState.STARTED,))
-        if result.dispatch:
-            buffer = current_buffer(ec)
-            if buffer is not None:
-                buffer.add(result.dispatch)  # the transition's script put them in the outbox already
-            else:
-                ec._dispatch(result.dispatch, from_outbox=True)
-        return result.changed
+        return self._set_state(state, allowed_from=(ResourceState.STARTED,))
 
     def on_exit(self, exitcode: int | None, pid: int | None = None) -> None:
         """Called by the watcher when the session of process ``pid`` ended (None: the current one).

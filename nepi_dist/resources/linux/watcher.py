@@ -207,10 +207,12 @@ class Watcher:
                 return
             records = {f: json.loads(v) for f, v in entries.items()}
             holders = sorted({r["holder"] for r in records.values()})
-            alive = dict(zip(holders, self._client.mget([worker_key(h) for h in holders]), strict=True))
+            beats = self._client.mget([worker_key(h) for h in holders])
+            # A tombstone ({"dead": true}, left by a successor) is a dead holder, as is no heartbeat.
+            alive = {h for h, b in zip(holders, beats, strict=True) if b is not None and not json.loads(b).get("dead")}
             machine = socket.gethostname()
             for rec in records.values():
-                if alive.get(rec["holder"]) is not None:
+                if rec["holder"] in alive:
                     continue
                 entry = Watched(**{k: v for k, v in rec.items() if k != "holder"})
                 if entry.spec.local and entry.machine != machine:
