@@ -24,7 +24,8 @@ FIRST = f"""
 import sys, time
 import tests.rms  # noqa: F401
 from nepi_dist import ExperimentController
-ec = ExperimentController(exp_id={EXP!r}, run_id={RUN!r}, redis_url=sys.argv[1], local_worker=False, eta_horizon=1.0)
+ec = ExperimentController(exp_id={EXP!r}, run_id={RUN!r}, redis_url=sys.argv[1], local_worker=False,
+                          celery_settings={{"eta_horizon": 1.0}})
 guid = ec.register_resource({Plain.get_rtype()!r})
 ec.schedule("3s", ec.get_resource(guid).deploy)
 print(guid, flush=True)
@@ -54,7 +55,8 @@ def test_a_controller_attached_to_a_run_whose_controller_died_fires_the_timers_t
     finally:
         client.close()
 
-    ec = ExperimentController(exp_id=EXP, run_id=RUN, redis_url=url, local_worker=True, eta_horizon=1.0, nthreads=4)
+    ec = ExperimentController(exp_id=EXP, run_id=RUN, redis_url=url, local_worker=True,
+                              celery_settings={"eta_horizon": 1.0}, nthreads=4)
     try:
         ec.wait_deployed([guid], timeout=15)
         assert ec.state(guid) == ResourceState.READY
