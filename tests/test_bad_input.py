@@ -76,24 +76,47 @@ BAD_TIMES = [
 ]
 
 
-def run_snapshot(ec: ExperimentController) -> dict[str, bytes | None]:
-    """Return every key of the run with its ``DUMP``: the exact bytes of its value.
+def run_snapshot(ec: ExperimentController) -> dict[str, object]:
+    """Return every key of the run with the exact bytes of its value: its ``DUMP``.
 
-    ``running`` (which worker holds which action) is left out: a worker may
-    still be clearing its entry for an action whose effect a test waited for.
-    So is ``publishing``, a publisher's lease that expires on its own (10 s
-    after the last publish of an earlier step).
+    Except for a hash or a set in the ``hashtable`` encoding: its DUMP follows
+    the order of Redis' dict, which a mere read can change (each lookup moves an
+    incremental rehash on: an RM hash with a long ``cond`` DUMPs differently
+    after an HMGET), so it is taken as its sorted content.  ``running`` (which
+    worker holds which action) is left out: a worker may still be clearing its
+    entry for an action whose effect a test waited for.  So is ``publishing``, a
+    publisher's lease that expires on its own (10 s after the last publish of an
+    earlier step).
     """
     client = ec.store.client
     volatile = {ec.store.keys.running, ec.store.keys.publishing}
     keys = sorted(k for k in client.scan_iter(match=ec.store.keys.pattern(), count=1000) if k not in volatile)
     pipe = client.pipeline(transaction=False)
     for key in keys:
+        pipe.type(key)
+        pipe.object("encoding", key)
         pipe.dump(key)
-    return dict(zip(keys, pipe.execute(), strict=True))
+    replies = pipe.execute()
+    snap: dict[str, object] = {}
+    unordered: list[tuple[str, str]] = []
+    for i, key in enumerate(keys):
+        kind, encoding, dump = replies[3 * i: 3 * i + 3]
+        if encoding == "hashtable" and kind in ("hash", "set"):
+            unordered.append((key, kind))
+        else:
+            snap[key] = dump
+    pipe = client.pipeline(transaction=False)
+    for key, kind in unordered:
+        if kind == "hash":
+            pipe.hgetall(key)
+        else:
+            pipe.smembers(key)
+    for (key, kind), content in zip(unordered, pipe.execute(), strict=True):
+        snap[key] = (kind, "hashtable", sorted(content.items() if kind == "hash" else content))
+    return snap
 
 
-def changed_keys(before: dict[str, bytes | None], after: dict[str, bytes | None]) -> list[str]:
+def changed_keys(before: dict[str, object], after: dict[str, object]) -> list[str]:
     """Return the keys added, removed or changed between two :func:`run_snapshot`s."""
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
