@@ -4,12 +4,16 @@ from .attribute import Attribute, Flags, Types
 from .ec import ECState, ExperimentController
 from .errors import (
     ActionError,
+    ArgumentTypeError,
+    ArgumentValueError,
     AttributeValueError,
     ConditionError,
     ControllerClosedError,
     DuplicateGuidError,
     ECFailureError,
     ExperimentIdError,
+    GuidRangeError,
+    GuidTypeError,
     NepiError,
     NoWorkerError,
     ReadOnlyAttributeError,
@@ -40,6 +44,8 @@ from .trace import Trace, TraceAttr
 
 __all__ = [
     "ActionError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
     "Attribute",
     "AttributeValueError",
     "ConditionError",
@@ -51,6 +57,8 @@ __all__ = [
     "ExperimentIdError",
     "FailureLevel",
     "Flags",
+    "GuidRangeError",
+    "GuidTypeError",
     "NepiError",
     "NoWorkerError",
     "ReadOnlyAttributeError",

@@ -7,11 +7,17 @@ Values themselves live in the run's store, never on the declaration.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import AttributeValueError
+from .errors import AttributeValueError, shown
+
+#: An Integer attribute holds a signed 64-bit value: what JSON, Redis and the tools
+#: reading it agree on (a larger int may not even convert to text: 4,300 digits).
+INT_LIMIT = 2**63
 
 
 class Types(enum.StrEnum):
@@ -105,13 +111,13 @@ class Attribute:
             raise AttributeValueError(f"attribute {self.name!r}: {exc}") from None
         if self.allowed is not None and value not in self.allowed:
             raise AttributeValueError(
-                f"attribute {self.name!r}: {value!r} is not one of {self.allowed!r}"
+                f"attribute {self.name!r}: {shown(value)} is not one of {self.allowed!r}"
             )
         if self.range is not None and t in (Types.Integer, Types.Double):
             low, high = self.range
             if (low is not None and value < low) or (high is not None and value > high):
                 raise AttributeValueError(
-                    f"attribute {self.name!r}: {value!r} outside range [{low}, {high}]"
+                    f"attribute {self.name!r}: {shown(value)} outside range [{low}, {high}]"
                 )
         return value
 
@@ -121,33 +127,40 @@ class Attribute:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise AttributeValueError(f"expects a Bool, got {value!r}")
+        raise AttributeValueError(f"expects a Bool, got {shown(value)}")
 
     @staticmethod
     def _as_int(value: Any) -> int:
         if isinstance(value, bool):
             raise AttributeValueError(f"expects an Integer, got {value!r}")
+        number: int | None = None
         if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise AttributeValueError(f"expects an Integer, got {value!r}")
+            number = int(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):  # not an integer, or more digits than Python converts
+                number = int(value.strip())
+        if number is None:
+            raise AttributeValueError(f"expects an Integer, got {shown(value)}")
+        if not -INT_LIMIT <= number < INT_LIMIT:
+            raise AttributeValueError(f"expects a 64-bit Integer, got {shown(value)}")
+        return number
 
     @staticmethod
     def _as_float(value: Any) -> float:
         if isinstance(value, bool):
             raise AttributeValueError(f"expects a Double, got {value!r}")
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise AttributeValueError(f"expects a Double, got {value!r}")
+            with contextlib.suppress(OverflowError):  # an int beyond any float
+                number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value.strip())
+        if number is None:
+            raise AttributeValueError(f"expects a Double, got {shown(value)}")
+        if not math.isfinite(number):  # JSON has no nan or inf
+            raise AttributeValueError(f"expects a finite Double, got {shown(value)}")
+        return number
 
     def __repr__(self) -> str:
         return f"Attribute({self.name!r}, type={self.type.name}, default={self.default!r})"

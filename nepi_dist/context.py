@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import datetime
 import functools
+import inspect
 import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .attribute import Flags
@@ -23,18 +24,23 @@ from .batch import BATCH_SPREAD, BATCH_TASK, batches, current_buffer
 from .connection import outage_bound
 from .errors import (
     ActionError,
+    ArgumentTypeError,
     ConditionError,
+    GuidRangeError,
+    GuidTypeError,
     NoWorkerError,
     ReadOnlyAttributeError,
     RemoteReadError,
     ResourceFailedError,
     UnknownGuidError,
+    shown,
 )
-from .resource import ResourceManager, ResourceRegistry
+from .resource import ResourceManager, ResourceRegistry, check_action, check_name
 from .routing import POOL_QUEUE, host_queue, queue_for, route_many, this_worker_host
 from .state import ResourceAction, ResourceState, ResourceState2str, state_from
 from .store import CheckResult, Dispatch, FailureLevel, Payload, Store
 from .timefuncs import delay_seconds, due_in
+from .trace import check_trace_args
 from .workers import live_queues
 
 if TYPE_CHECKING:
@@ -52,6 +58,22 @@ READ_TASK = "nepi.read"
 READ_METHODS = frozenset({"trace"})
 #: Seconds a remote read waits for its answer (override: app conf ``nepi_read_timeout``).
 READ_TIMEOUT = 60.0
+#: Guids are below this: Redis' Lua scripts hold numbers as doubles, exact only up to 2**53.
+MAX_GUID = 2**53
+
+
+def check_guid(value: Any) -> int:
+    """Return ``value`` as a guid, or raise: the one check of a guid's type and bounds.
+
+    A guid is an ``int`` (a bool is not one) in [1, 2**53).  Every public call
+    that takes guids checks them here (through :meth:`RunContext._check_guids`
+    for lists) before it reads or writes anything.
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise GuidTypeError(f"a guid is an int, not {shown(value)}")
+    if not 1 <= value < MAX_GUID:
+        raise GuidRangeError(f"a guid is an int in [1, 2**53), not {shown(value)}")
+    return int(value)
 
 
 def resolve_action(rm: ResourceManager, name: str) -> Callable[..., Any]:
@@ -73,6 +95,12 @@ def resolve_action(rm: ResourceManager, name: str) -> Callable[..., Any]:
     raise ActionError(f"{type(rm).__name__} has no action {name!r}")
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    """The signature of an RM method's function (cached: schedule runs in every action)."""
+    return inspect.signature(func)
+
+
 def as_action(callback: Any) -> tuple[int, str, list[Any], dict[str, Any]] | None:
     """Return (guid, method, args, kwargs) when ``callback`` is an RM method call."""
     args: list[Any] = []
@@ -86,10 +114,15 @@ def as_action(callback: Any) -> tuple[int, str, list[Any], dict[str, Any]] | Non
         return None
     name = callback.__name__
     resolve_action(owner, name)
+    check_guid(owner.guid)
     try:
-        json.dumps([args, kwargs])
+        json.dumps([args, kwargs], allow_nan=False)  # JSON has no nan or inf: Lua's cjson would refuse it
     except (TypeError, ValueError) as exc:
         raise ActionError(f"arguments of {name} must be JSON-serialisable: {exc}") from None
+    try:  # refused here, not on the worker (where a lifecycle step would fail its RM)
+        _signature(callback.__func__).bind(owner, *args, **kwargs)
+    except TypeError as exc:
+        raise ActionError(f"{name} does not take these arguments: {exc}") from None
     return owner.guid, name, args, kwargs
 
 
@@ -166,19 +199,31 @@ class RunContext:
 
     def get_resource(self, guid: int) -> ResourceManager:
         """Return a handle on the RM ``guid`` (its reads go to the store)."""
+        guid = check_guid(guid)
         return self._registry.create(self._rtype(guid), self, guid)
 
-    def _check_guids(self, guids: Iterable[int]) -> list[int]:
-        guids = [guids] if isinstance(guids, int) else list(guids)
-        for g in guids:
-            if not isinstance(g, int) or isinstance(g, bool):
-                raise UnknownGuidError(f"not a guid: {g!r}")
-        missing = self._store.missing(guids)
-        if missing:
-            raise UnknownGuidError(f"no resource with guid {', '.join(map(str, missing))}")
-        return guids
+    def _check_guids(self, guids: int | Iterable[int], known: bool = True) -> list[int]:
+        """Return ``guids`` (an int or an iterable of ints) as a list without duplicates,
+        in their first order; each one through :func:`check_guid`, and with ``known``
+        every one must name an RM of the run (one round trip).  Raises GuidTypeError,
+        GuidRangeError or UnknownGuidError."""
+        if isinstance(guids, int) and not isinstance(guids, bool):
+            items: list[Any] = [guids]
+        elif isinstance(guids, (str, bytes, bytearray, Mapping)) or not isinstance(guids, Iterable):
+            raise GuidTypeError(f"a guid or an iterable of guids, not {shown(guids)}")
+        else:
+            items = list(guids)
+        checked = list(dict.fromkeys(check_guid(g) for g in items))
+        if known:
+            missing = self._store.missing(checked)
+            if missing:
+                raise UnknownGuidError(f"no resource with guid {', '.join(map(str, missing))}")
+        return checked
 
     def state(self, guid: int, hr: bool = False) -> int | str:
+        guid = check_guid(guid)
+        if not isinstance(hr, bool):
+            raise ArgumentTypeError(f"hr is a bool, not {shown(hr)}")
         state = self._store.state(guid)
         return ResourceState2str[state] if hr else ResourceState(state)
 
@@ -209,14 +254,11 @@ class RunContext:
     def _validate_condition(
         self, action: Any, group: Any, state: Any, time: Any
     ) -> tuple[ResourceAction, list[int], ResourceState]:
-        try:
-            act = ResourceAction(action)
-        except ValueError:
-            raise ConditionError(f"unknown action {action!r}") from None
+        act = check_action(action)
         try:
             st = state_from(state)
         except (KeyError, ValueError):
-            raise ConditionError(f"unknown state {state!r}") from None
+            raise ConditionError(f"unknown state {shown(state)}") from None
         try:
             grp = self._check_guids(group)
         except UnknownGuidError as exc:
@@ -235,14 +277,18 @@ class RunContext:
     # -- traces ------------------------------------------------------------------
 
     def enable_trace(self, guid: int, name: str) -> None:
-        self.get_resource(guid).enable_trace(name)
+        rm = self.get_resource(guid)
+        rm.enable_trace(check_name(name, "trace"))
 
     def trace_enabled(self, guid: int, name: str) -> bool:
-        return self.get_resource(guid).trace_enabled(name)
+        rm = self.get_resource(guid)
+        return rm.trace_enabled(check_name(name, "trace"))
 
     def trace(self, guid: int, name: str, attr: str = "all", block: int = 512, offset: int = 0) -> Any:
         """Return trace data, read through the host's worker when only that worker reaches the host."""
         rm = self.get_resource(guid)
+        check_name(name, "trace")
+        check_trace_args(attr, block, offset)
         queue = self._remote_queue(guid)
         if queue is None:
             return rm.trace(name, attr, block, offset)
@@ -254,6 +300,8 @@ class RunContext:
     def schedule(self, date: Any, callback: Callable[..., Any], track: bool = False) -> Any:
         """Publish an RM method as a Celery task due at ``date``; return its id."""
         delay = due_in(date)
+        if not isinstance(track, bool):
+            raise ArgumentTypeError(f"track is a bool, not {shown(track)}")
         action = as_action(callback)
         if action is None:
             raise ActionError(

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
@@ -23,24 +23,28 @@ import redis
 from .app import REDIS_URL_ENV, create_app
 from .attribute import Flags
 from .connection import OUTAGE_ENV, check_no_eviction, outage_bound, redis_client
-from .context import RunContext, as_action
+from .context import MAX_GUID, RunContext, as_action, check_guid
 from .embedded import EmbeddedRedis, EmbeddedWorker
 from .errors import (
+    ActionError,
+    ArgumentTypeError,
+    ArgumentValueError,
     DuplicateGuidError,
     ECFailureError,
+    GuidRangeError,
     ReadOnlyAttributeError,
     RedisUnavailableError,
     StoreError,
-    UnknownGuidError,
     WaitTimeoutError,
+    shown,
 )
 from .failure import FailureManager
-from .resource import ResourceFactory, ResourceRegistry
+from .resource import ResourceFactory, ResourceRegistry, check_name
 from .routing import DEFAULT_WORKER_WAIT, NODE_RTYPE, POOL_QUEUE, WORKER_WAIT, host_node, host_queue, queue_for
 from .scheduler import LocalScheduler, RemoteTask, Task
-from .state import ResourceAction, ResourceState
+from .state import ResourceAction, ResourceState, state_from
 from .store import FailureLevel, Store
-from .timefuncs import due_in, format_date
+from .timefuncs import due_in, format_date, timeout_seconds
 from .workers import live_queues
 
 NTHREADS_ENV = "NEPI_NTHREADS"
@@ -58,6 +62,41 @@ class ECState:
     TERMINATED = 3
 
 
+#: What the REGISTER script returns when the run's next automatic guid would reach 2**53.
+REGISTER_EXHAUSTED = -2
+
+
+def _check_group(group: Any) -> int:
+    """Return a deployment group id (an int in [1, 2**53), as its key and Lua need), or raise."""
+    if not isinstance(group, int) or isinstance(group, bool):
+        raise ArgumentTypeError(f"a deployment group is an int, not {shown(group)}")
+    if not 1 <= group < MAX_GUID:
+        raise ArgumentValueError(f"a deployment group is an int in [1, 2**53), not {shown(group)}")
+    return int(group)
+
+
+def _check_arguments(
+    exp_id: Any, run_id: Any, redis_url: Any, registry: Any, local_worker: Any, nthreads: Any, celery_settings: Any
+) -> None:
+    """Refuse a controller's arguments of the wrong type before anything starts."""
+    for name, value in (("exp_id", exp_id), ("run_id", run_id), ("redis_url", redis_url)):
+        if value is not None and not isinstance(value, str):
+            raise ArgumentTypeError(f"{name} is a str or None, not {shown(value)}")
+    if registry is not None and not isinstance(registry, ResourceRegistry):
+        raise ArgumentTypeError(f"registry is a ResourceRegistry or None, not {shown(registry)}")
+    if local_worker is not None and not isinstance(local_worker, bool):
+        raise ArgumentTypeError(f"local_worker is a bool or None, not {shown(local_worker)}")
+    if nthreads is not None:
+        if not isinstance(nthreads, int) or isinstance(nthreads, bool):
+            raise ArgumentTypeError(f"nthreads is an int or None, not {shown(nthreads)}")
+        if nthreads < 1:
+            raise ArgumentValueError(f"nthreads is >= 1, not {nthreads}")
+    if celery_settings is not None and (
+        not isinstance(celery_settings, Mapping) or not all(isinstance(k, str) for k in celery_settings)
+    ):
+        raise ArgumentTypeError(f"celery_settings is a dict of str keys or None, not {shown(celery_settings)}")
+
+
 class ExperimentController(RunContext):
     """Describe, deploy, watch and release one run of an experiment.
 
@@ -67,6 +106,11 @@ class ExperimentController(RunContext):
     :param redis_url: the Redis used as broker and store; default
         ``$NEPI_DIST_REDIS_URL``, else the embedded default.
     :param local_worker: run an in-process worker (default: only when embedded).
+    :param nthreads: threads of the in-process worker and of the local scheduler
+        (default ``$NEPI_NTHREADS``, else 50).
+    :param celery_settings: Celery settings (and ``visibility_timeout``,
+        ``eta_horizon``) for the controller's app; any other keyword of the
+        controller is refused with ``TypeError``.
     """
 
     def __init__(
@@ -77,8 +121,9 @@ class ExperimentController(RunContext):
         registry: ResourceRegistry | None = None,
         local_worker: bool | None = None,
         nthreads: int | None = None,
-        **celery_settings: Any,
+        celery_settings: Mapping[str, Any] | None = None,
     ) -> None:
+        _check_arguments(exp_id, run_id, redis_url, registry, local_worker, nthreads, celery_settings)
         exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
         run_id = run_id or format_date(time.time())
         url = redis_url or os.environ.get(REDIS_URL_ENV)
@@ -93,7 +138,10 @@ class ExperimentController(RunContext):
             client = redis_client(url)
             check_no_eviction(client)
             store = Store(client, exp_id, run_id)
-            app = create_app(url, **celery_settings)
+            try:
+                app = create_app(url, **dict(celery_settings or {}))
+            except (TypeError, ValueError) as exc:  # settings() converts and compares the values it reads
+                raise ArgumentValueError(f"bad celery_settings: {exc}") from None
             reg = registry or ResourceFactory
             app.nepi_registry = reg
             super().__init__(store, app, reg, logging.getLogger("ExperimentController"))
@@ -129,6 +177,8 @@ class ExperimentController(RunContext):
 
     def set_ec_failure(self, why: str) -> None:
         """Record an EC-internal error: failure level EC_FAILURE, state FAILED."""
+        if not isinstance(why, str):
+            raise ArgumentTypeError(f"why is a str, not {shown(why)}")
         self._logger.error("EC failure: %s", why)
         self._state = ECState.FAILED
         self._store.set_failure_level(FailureLevel.EC_FAILURE)
@@ -136,12 +186,14 @@ class ExperimentController(RunContext):
     # -- describe ------------------------------------------------------------------
 
     def register_resource(self, rtype: str, guid: int | None = None) -> int:
-        """Register an RM of type ``rtype``; return its guid."""
+        """Register an RM of type ``rtype``; return its guid (an int in [1, 2**53))."""
         self._writable()
-        self._registry.get_resource_type(rtype)
-        if guid is not None and (not isinstance(guid, int) or isinstance(guid, bool) or guid < 1):
-            raise UnknownGuidError(f"a guid is a positive integer, not {guid!r}")
+        self._registry.get_resource_type(check_name(rtype, "resource type"))
+        if guid is not None:
+            guid = check_guid(guid)
         new = self._store.register(rtype, guid)
+        if new == REGISTER_EXHAUSTED:
+            raise GuidRangeError(f"no automatic guid left below 2**53 ({MAX_GUID}): give one explicitly")
         if new < 0:
             raise DuplicateGuidError(f"guid {guid} is already registered")
         self._rtypes[new] = rtype
@@ -153,6 +205,7 @@ class ExperimentController(RunContext):
         """Set ``name`` to ``value`` on every RM of guids1 once ``time`` has elapsed
         since every RM of guids2 reached ``state`` (and the RM is STARTED)."""
         self._writable()
+        check_name(name, "attribute")  # checked even when guids1 is empty
         _, grp, st = self._validate_condition(ResourceAction.START, guids2, state, time)
         targets = self._check_guids(guids1)
         for g in targets:
@@ -190,10 +243,15 @@ class ExperimentController(RunContext):
         With ``wait_all_ready`` no RM of the group starts before all of it is READY.
         """
         self._writable()
-        if guids is None or (not isinstance(guids, int) and not list(guids)):
+        if not isinstance(wait_all_ready, bool):
+            raise ArgumentTypeError(f"wait_all_ready is a bool, not {shown(wait_all_ready)}")
+        if group is not None:
+            group = _check_group(group)
+        # Checked and de-duplicated (a guid counted twice would hold its group back forever).
+        guids = [] if guids is None else self._check_guids(guids)
+        if not guids:
             every = self._store.guids()
             guids = [g for g, s in zip(every, self._store.states(every), strict=True) if s == ResourceState.NEW]
-        guids = self._check_guids(guids)  # type: ignore[arg-type]
         gid = group if group is not None else self._store.next_id("groups")
         conds = self._store.field_of_many(guids, "cond")
         stop = str(int(ResourceAction.STOP))
@@ -258,8 +316,9 @@ class ExperimentController(RunContext):
     def release(self, guids: int | Iterable[int] | None = None, timeout: float = 120.0) -> None:
         """Drop pending work and release RMs (default: all); every one ends RELEASED."""
         self._writable()
+        timeout_seconds(timeout)  # refused before anything is released
         everything = guids is None
-        guids = self._store.guids() if guids is None else self._check_guids(guids)  # type: ignore[arg-type]
+        guids = self._store.guids() if guids is None else self._check_guids(guids)
         if everything:
             self._store.mark_dropping()
             self._local.drop_pending()
@@ -331,11 +390,16 @@ class ExperimentController(RunContext):
         """
         self._writable()
         delay = due_in(date)
+        if not callable(callback):
+            raise ActionError(f"a scheduled callback is callable, not {shown(callback)}")
+        if not isinstance(track, bool):
+            raise ArgumentTypeError(f"track is a bool, not {shown(track)}")
         action = as_action(callback)
         if action is None:
             task: Task | RemoteTask = self._local.schedule(delay, callback)
             tid: Any = task.id
         else:
+            self._check_guids([action[0]])  # an RM handle made for a guid this run lacks
             tid = self._send([action], delay, track)[0]
             task = RemoteTask(self._store, tid)
         if track:
@@ -343,6 +407,9 @@ class ExperimentController(RunContext):
         return tid
 
     def get_task(self, tid: Any) -> Task | RemoteTask | None:
+        """Return the tracked task ``tid`` (an id ``schedule`` returned), or None."""
+        if not isinstance(tid, (int, str)) or isinstance(tid, bool):
+            raise ArgumentTypeError(f"a task id is an int or a str, not {shown(tid)}")
         return self._tasks.get(tid)
 
     # -- wait ----------------------------------------------------------------------
@@ -372,6 +439,13 @@ class ExperimentController(RunContext):
         Blocks on the run's event stream (no polling of the RMs); raises
         :class:`WaitTimeoutError` when ``timeout`` seconds pass first.
         """
+        try:
+            state = state_from(state)
+        except (KeyError, ValueError):
+            raise ArgumentValueError(f"unknown state {shown(state)}") from None
+        if quit is not None and not callable(quit):
+            raise ArgumentTypeError(f"quit is callable or None, not {shown(quit)}")
+        timeout = timeout_seconds(timeout)
         remaining = set(self._check_guids(guids))
         store = self._store
         if store.frozen:

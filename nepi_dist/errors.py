@@ -20,6 +20,26 @@ class UnknownGuidError(NepiError, KeyError):
     """Raised when a guid names no resource of this run."""
 
 
+class ArgumentTypeError(NepiError, TypeError):
+    """Raised when an argument of a public call has the wrong type (a name that is
+    not a str, a flag that is not a bool, a callback that is not callable, ...)."""
+
+
+class ArgumentValueError(NepiError, ValueError):
+    """Raised when an argument has the right type but is outside its bounds or
+    allowed values (a negative block, an unknown trace attribute, a bad Celery setting)."""
+
+
+class GuidTypeError(UnknownGuidError, ArgumentTypeError):
+    """Raised when a guid is not an int (a bool, a float, a str, None, ...), or a
+    list of guids is neither an int nor an iterable of ints."""
+
+
+class GuidRangeError(UnknownGuidError, ArgumentValueError):
+    """Raised when a guid is outside [1, 2**53), the integers Redis' Lua scripts
+    hold exactly, or a run's next automatic guid would leave that range."""
+
+
 class DuplicateGuidError(NepiError, ValueError):
     """Raised when a guid asked for at registration is already taken."""
 
@@ -37,7 +57,8 @@ class ReadOnlyAttributeError(NepiError, PermissionError):
 
 
 class TimeFormatError(NepiError, ValueError):
-    """Raised when a date or delay string is malformed or negative."""
+    """Raised when a date, delay or timeout is malformed, negative, not finite, or a
+    date out of the range the platform's clock can convert."""
 
 
 class ConditionError(NepiError, ValueError):
@@ -90,3 +111,18 @@ class RedisUnavailableError(StoreError, ConnectionError):
 
 class RedisConfigError(NepiError, RuntimeError):
     """Raised when the Redis given could lose a run's state (e.g. a maxmemory-policy that evicts keys)."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for an error message.
+
+    Never raises: an int of more than 4,300 digits has no ``repr`` (Python's
+    conversion limit), and a user's object may have a broken one.
+    """
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"<int of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except Exception:  # a message must not fail on the value it describes
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,13 +21,16 @@ import redis
 
 from .attribute import Attribute, Flags, Types
 from .errors import (
+    ArgumentTypeError,
+    ConditionError,
     UnknownAttributeError,
     UnknownResourceTypeError,
     UnknownTraceError,
+    shown,
 )
 from .state import ResourceAction, ResourceState
 from .timefuncs import delay_seconds
-from .trace import Trace, TraceAttr
+from .trace import Trace, TraceAttr, check_trace_args
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -66,6 +69,24 @@ def failtrap(func: F) -> F:
             raise
 
     return wrapped  # type: ignore[return-value]
+
+
+def check_name(value: Any, what: str) -> str:
+    """Return ``value`` when it is a str (a resource type, attribute or trace name), else
+    raise :class:`ArgumentTypeError`: a list or dict would fail a lookup with a bare TypeError."""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"a {what} name is a str, not {shown(value)}")
+    return value
+
+
+_ACTIONS = frozenset(int(a) for a in ResourceAction)
+
+
+def check_action(value: Any) -> ResourceAction:
+    """Return the ResourceAction ``value`` names (an int, not a bool), else raise ConditionError."""
+    if isinstance(value, int) and not isinstance(value, bool) and value in _ACTIONS:
+        return ResourceAction(value)
+    raise ConditionError(f"unknown action {shown(value)}")
 
 
 def _encode(value: Any) -> str:
@@ -139,6 +160,7 @@ class ResourceManager:
 
     @classmethod
     def get_attribute(cls, name: str) -> Attribute:
+        check_name(name, "attribute")
         try:
             return cls._attributes[name]
         except KeyError:
@@ -298,6 +320,7 @@ class ResourceManager:
     # -- traces --------------------------------------------------------------
 
     def _trace_declared(self, name: str) -> Trace:
+        check_name(name, "trace")
         try:
             return self._traces[name]
         except KeyError:
@@ -317,6 +340,7 @@ class ResourceManager:
     ) -> Any:
         """Return trace data; RMs that record traces override this."""
         self._trace_declared(name)
+        check_trace_args(attr, block, offset)
         return None
 
     # -- connections ---------------------------------------------------------
@@ -361,7 +385,9 @@ class ResourceManager:
         self, group: int | Iterable[int], action: ResourceAction | int | None = None
     ) -> None:
         """Remove the guids of ``group`` from the conditions (of ``action`` only, if given)."""
-        drop = {group} if isinstance(group, int) else set(group)
+        drop = set(self._ec._check_guids(group, known=False))
+        if action is not None:
+            check_action(action)
 
         def remove(conds: dict[str, list[Any]] | None) -> dict[str, list[Any]]:
             result: dict[str, list[Any]] = {}
@@ -682,6 +708,7 @@ class ResourceRegistry:
                 self.register_type(obj)
 
     def get_resource_type(self, rtype: str) -> type[ResourceManager]:
+        check_name(rtype, "resource type")
         if rtype not in self._types and self._load_entry_points:
             self.load_entry_points()
         try:

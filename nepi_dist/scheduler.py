@@ -33,6 +33,9 @@ class TaskStatus:
 
 _BY_NAME = {"NEW": TaskStatus.NEW, "DONE": TaskStatus.DONE, "ERROR": TaskStatus.ERROR}
 
+#: The longest one sleep of the timer thread (``Condition.wait`` refuses more).
+MAX_WAIT = threading.TIMEOUT_MAX
+
 
 class Task:
     """A callable scheduled in the controller process."""
@@ -97,7 +100,9 @@ class LocalScheduler:
         while True:
             with self._cond:
                 while not self._stop and (not self._heap or self._heap[0][0] > time.time()):
-                    timeout = self._heap[0][0] - time.time() if self._heap else None
+                    # A far date (year 9999) is beyond what one wait can sleep: wait at most
+                    # TIMEOUT_MAX and look again (a larger timeout raises OverflowError).
+                    timeout = min(self._heap[0][0] - time.time(), MAX_WAIT) if self._heap else None
                     self._cond.wait(timeout)
                 if self._stop:
                     return

@@ -40,6 +40,11 @@ if ARGV[2] ~= '' then
   end
   if not ok then return {0, cur} end
 end
+-- Nothing starts once the run aborted or is being released (a start claimed just before).
+if new == 4 and (tonumber(redis.call('HGET', KEYS[3], 'fl') or '1') ~= 1
+                 or redis.call('HEXISTS', KEYS[3], 'drop') == 1) then
+  return {0, cur}
+end
 local ts = now()
 for s in string.gmatch(ARGV[6] .. ',' .. new, '[^,]+') do
   redis.call('HSET', KEYS[1], 't' .. s, ts)
@@ -71,7 +76,7 @@ if gid and cur < 3 and new >= 3 then
   if left <= 0 then
     local sk = ARGV[4] .. ':grpstart:' .. gid
     for _, g in ipairs(redis.call('SMEMBERS', sk)) do
-      emit(cjson.encode({g = tonumber(g), m = 'start_with_conditions'}), 0)
+      emit('{"g":' .. g .. ',"m":"start_with_conditions"}', 0)  -- g: SMEMBERS' exact text
     end
     redis.call('DEL', sk)
   end
@@ -259,14 +264,22 @@ return out
 """
 
 # KEYS: run, guids   ARGV: rm key prefix, guid ("" = next free), rtype
+# Returns the guid, -1 if the guid asked for is taken, -2 if it is outside [1, 2**53) or the
+# next free one would be: Lua numbers are doubles, exact only below 2**53.  A guid is written
+# with string.format('%d'): Lua's own number-to-text ('%.14g') would turn 100000000000001
+# into '1e+14' in the key (the member, converted by Redis with 17 digits, would still be exact).
 REGISTER = _TIME + """
 local guid = ARGV[2]
 if guid == '' then
-  local last = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  guid = 1
-  if #last > 0 then guid = tonumber(last[2]) + 1 end
-elseif redis.call('ZSCORE', KEYS[2], guid) then
-  return -1
+  local last = redis.call('ZREVRANGE', KEYS[2], 0, 0)
+  local n = 1
+  if #last > 0 then n = tonumber(last[1]) + 1 end
+  if n >= 9007199254740992 then return -2 end
+  guid = string.format('%d', n)
+else
+  local n = tonumber(guid)
+  if n == nil or n < 1 or n >= 9007199254740992 or string.format('%d', n) ~= guid then return -2 end
+  if redis.call('ZSCORE', KEYS[2], guid) then return -1 end
 end
 redis.call('ZADD', KEYS[2], guid, guid)
 redis.call('HSET', ARGV[1] .. guid, 'rtype', ARGV[3], 'state', 0, 't0', now())

@@ -9,10 +9,11 @@ in float seconds since the epoch.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import time
 
-from .errors import TimeFormatError
+from .errors import TimeFormatError, shown
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(h|m|s|ms|us)$")
 _ABSOLUTE = re.compile(r"^\d{20}$")
@@ -23,40 +24,77 @@ def delay_seconds(text: str | float | int | None) -> float:
     """Return a relative delay in seconds; ``None`` means no delay.
 
     Numbers are taken as seconds.  Raises :class:`TimeFormatError` for
-    anything else, including negative values and absolute dates.
+    anything else, including negative values, absolute dates and delays that
+    are not finite (``nan``, ``inf``, or digits too many for a float).
     """
     if text is None:
         return 0.0
     if isinstance(text, bool):
-        raise TimeFormatError(f"not a delay: {text!r}")
+        raise TimeFormatError(f"not a delay: {shown(text)}")
     if isinstance(text, (int, float)):
-        if text < 0:
-            raise TimeFormatError(f"negative delay: {text!r}")
-        return float(text)
+        return _finite(float(_bounded(text)), text)
     if not isinstance(text, str):
-        raise TimeFormatError(f"not a delay: {text!r}")
-    m = _RELATIVE.match(text)
+        raise TimeFormatError(f"not a delay: {shown(text)}")
+    m = _RELATIVE.fullmatch(text)
     if not m:
         raise TimeFormatError(
-            f"malformed delay {text!r}: expected <number>(h|m|s|ms|us), e.g. '0.5s'"
+            f"malformed delay {shown(text)}: expected <number>(h|m|s|ms|us), e.g. '0.5s'"
         )
-    return float(m.group(1)) * _UNIT[m.group(2)]
+    return _finite(float(m.group(1)) * _UNIT[m.group(2)], text)
+
+
+def _bounded(value: int | float) -> int | float:
+    """Return ``value`` if it converts to a float (an int may be too large for one)."""
+    try:
+        float(value)
+    except OverflowError:
+        raise TimeFormatError(f"delay too large: {shown(value)}") from None
+    return value
+
+
+def _finite(seconds: float, given: object) -> float:
+    """Return ``seconds`` when it is a finite, non-negative number of seconds."""
+    if math.isnan(seconds) or seconds < 0:
+        raise TimeFormatError(f"negative or not a number: {shown(given)}")
+    if math.isinf(seconds):
+        raise TimeFormatError(f"not finite: {shown(given)}")
+    return seconds
+
+
+def timeout_seconds(value: object) -> float | None:
+    """Return a wait's timeout in seconds: ``None`` (no limit) or a finite number >= 0.
+
+    Raises :class:`TimeFormatError` for anything else (a bool, a string, ``nan``,
+    ``inf``, a negative number), before the caller changes anything.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TimeFormatError(f"a timeout is a number of seconds or None, not {shown(value)}")
+    return _finite(float(_bounded(value)), value)
 
 
 def absolute_date(text: str) -> float:
     """Return the epoch seconds of a 20-digit ``YYYYmmddHHMMSSffffff`` date."""
-    if not _ABSOLUTE.match(text):
-        raise TimeFormatError(f"malformed absolute date {text!r}")
+    if not isinstance(text, str) or not _ABSOLUTE.fullmatch(text):
+        raise TimeFormatError(f"malformed absolute date {shown(text)}")
     try:
         dt = datetime.datetime.strptime(text, "%Y%m%d%H%M%S%f")
     except ValueError as exc:
         raise TimeFormatError(f"malformed absolute date {text!r}: {exc}") from None
-    return dt.timestamp()
+    try:
+        return dt.timestamp()  # local time: years near 1 or 9999 may not convert
+    except (ValueError, OverflowError, OSError) as exc:
+        raise TimeFormatError(f"absolute date {text!r} out of range: {exc}") from None
 
 
 def due_in(date: str | float | int | None, now: float | None = None) -> float:
-    """Return the seconds from ``now`` until ``date`` (relative or absolute), never < 0."""
-    if isinstance(date, str) and _ABSOLUTE.match(date):
+    """Return the seconds from ``now`` until ``date`` (relative or absolute), never < 0.
+
+    A far date (year 9999) is a large but finite delay: what waits on it must
+    cap each sleep (see :class:`~nepi_dist.scheduler.LocalScheduler`).
+    """
+    if isinstance(date, str) and _ABSOLUTE.fullmatch(date):
         now = time.time() if now is None else now
         return max(0.0, absolute_date(date) - now)
     return delay_seconds(date)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from .errors import ArgumentTypeError, ArgumentValueError, shown
+
 
 class TraceAttr:
     """What :meth:`ExperimentController.trace` returns about a trace."""
@@ -10,6 +14,24 @@ class TraceAttr:
     STREAM = "stream"
     PATH = "path"
     SIZE = "size"
+
+
+#: Every value a ``trace`` call's ``attr`` may take.
+TRACE_ATTRS = frozenset({TraceAttr.ALL, TraceAttr.STREAM, TraceAttr.PATH, TraceAttr.SIZE})
+
+
+def check_trace_args(attr: Any, block: Any, offset: Any) -> None:
+    """Refuse a ``trace`` call's ``attr`` (one of :class:`TraceAttr`) or its
+    ``block``/``offset`` (non-negative ints) before anything is read or sent."""
+    if not isinstance(attr, str):
+        raise ArgumentTypeError(f"a trace attr is a str (one of {sorted(TRACE_ATTRS)}), not {shown(attr)}")
+    if attr not in TRACE_ATTRS:
+        raise ArgumentValueError(f"unknown trace attr {shown(attr)}: expected one of {sorted(TRACE_ATTRS)}")
+    for what, value in (("block", block), ("offset", offset)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ArgumentTypeError(f"a trace {what} is an int, not {shown(value)}")
+        if value < 0:
+            raise ArgumentValueError(f"a trace {what} is >= 0, not {value}")
 
 
 class Trace:

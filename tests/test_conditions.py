@@ -119,7 +119,7 @@ def test_an_rm_waiting_on_a_delayed_condition_is_woken_when_the_delay_is_over_no
 
 
 def test_a_wait_beyond_the_eta_horizon_is_held_in_the_run_s_timers_once_woken() -> None:
-    ctl = ExperimentController(visibility_timeout=4, eta_horizon=1, nthreads=8)
+    ctl = ExperimentController(celery_settings={"visibility_timeout": 4, "eta_horizon": 1}, nthreads=8)
     try:
         # b's start parks on a (which waits 0.3 s on first); a's STARTED wakes it 2.5 s ahead.
         _, a, b = in_a_row(ctl, "0.3s", "2.5s")

@@ -125,7 +125,7 @@ def postruns() -> Iterator[Postruns]:
 
 def test_actions_due_beyond_the_visibility_timeout_run_once_at_their_time() -> None:
     n = 10
-    ctl = ExperimentController(visibility_timeout=4, eta_horizon=1, nthreads=8)
+    ctl = ExperimentController(celery_settings={"visibility_timeout": 4, "eta_horizon": 1}, nthreads=8)
     try:
         assert ctl.app.conf.broker_transport_options["visibility_timeout"] == 4
         assert ctl.app.conf.nepi_eta_horizon == 1

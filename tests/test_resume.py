@@ -27,7 +27,7 @@ def test_a_start_killed_between_started_and_finished_is_resumed_and_finishes(
     url = redis_server.url
     ledger = tmp_path / "ledger"
     worker = start_worker_process(url, "resume1", 4)
-    ec = ExperimentController(redis_url=url, local_worker=False, visibility_timeout=4)
+    ec = ExperimentController(redis_url=url, local_worker=False, celery_settings={"visibility_timeout": 4})
     try:
         wait_for_workers(url, 1)
         g = ec.register_resource(TwoStep.get_rtype())

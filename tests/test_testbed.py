@@ -43,7 +43,7 @@ def testbed() -> Iterator[Testbed]:
 
 @contextmanager
 def experiment(testbed: Testbed) -> Iterator[ExperimentController]:
-    ec = ExperimentController(redis_url=testbed.url, visibility_timeout=VISIBILITY)
+    ec = ExperimentController(redis_url=testbed.url, celery_settings={"visibility_timeout": VISIBILITY})
     try:
         yield ec
     finally:

@@ -282,7 +282,8 @@ class LinuxApplication(ResourceManager):
         sudo = bool(self.get("sudo"))
         try:
             state, pid = self._store.rm_fields(self.guid, "state", "p:pid")
-            if pid is not None and state is not None and int(state) == ResourceState.STARTED:
+            # READY with a pid: a start the abort or this release refused after it launched the command.
+            if pid is not None and state is not None and int(state) in (ResourceState.READY, ResourceState.STARTED):
                 self.node.kill_group(int(json.loads(pid)), sudo=sudo)
             tear_down = self.get("tearDown")
             if tear_down:
