@@ -1,0 +1,28 @@
+"""Fixtures of the chaos suite: a cluster of real processes, removed even when a test fails."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import tests.chaos_rms  # noqa: F401  (registers the chaos RM types in this process, for its controllers)
+
+from .harness import CHAOS_ENV, Cluster
+
+
+@pytest.fixture
+def chaos_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controllers of this process use the chaos suite's visibility timeout and ETA horizon."""
+    for name, value in CHAOS_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def cluster(chaos_env: None) -> Iterator[Cluster]:
+    """A private AOF Redis, its workers and controllers (nothing started yet); all killed afterwards."""
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,109 @@
+"""Chaos 5: a critical RM fails while a worker is SIGKILLed at the same moment; twice.
+
+Two workers serve 200 ChaosSteps whose starts are spread over 4 s after an
+anchor's, 20 more due 0-10 ms after the moment a ChaosCritical's start,
+due 2 s after the anchor's, fails: the run aborts.  At that moment (within 0.1 s) one worker is SIGKILLed and
+restarted; the messages it held come back after the visibility timeout,
+into an aborted run.  Nothing may start after the failure's Redis timestamp
+(the critical RM's ``t7``): no RM's ``t4`` (Redis' own clock, so one order)
+is later.  Starts due more than :data:`ON_TIME` s before the failure must
+have taken effect, once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from nepi_dist import ResourceAction, ResourceState
+
+from .harness import (
+    ON_TIME,
+    VISIBILITY,
+    Cluster,
+    Due,
+    Figures,
+    build_spread,
+    figures,
+    report,
+    rm_fields,
+    sleep_until,
+)
+
+N = 200
+SPREAD = 4.0
+FAIL_AFTER = 2.0
+ITERATIONS = 2
+#: ChaosSteps due 0-10 ms after the critical start.
+NEAR = 20
+
+
+@pytest.mark.timeout(150)
+def test_nothing_starts_after_a_critical_failure_when_a_worker_is_killed_at_the_same_moment(
+    cluster: Cluster, record_property: Callable[[str, object], None]
+) -> None:
+    cluster.start(workers=2)
+    rng = random.Random(5)
+    total = Figures()
+    after_abort_total = 0
+    problems: list[str] = []
+    for i in range(ITERATIONS):
+        ec = cluster.controller(f"chaos-abort-kill-{i}")
+        spread = build_spread(ec, N, 0.0, SPREAD, seed=300 + i)
+        for k in range(NEAR):  # due at the failure's moment, 0.5 ms apart: some are claimed as it happens
+            g = ec.register_resource("ChaosStep")
+            delay = round(FAIL_AFTER + k * 0.0005, 4)
+            ec.register_condition(g, ResourceAction.START, spread.anchor, ResourceState.STARTED, f"{delay}s")
+            spread.delays[g] = delay
+        critical = ec.register_resource("ChaosCritical")
+        ec.register_condition(critical, ResourceAction.START, spread.anchor, ResourceState.STARTED,
+                              f"{FAIL_AFTER:g}s")
+        ledger = cluster.ledger(ec.exp_id, ec.run_id)
+        ec.deploy()
+        if not ledger.wait_for([(spread.anchor, "start")], time.monotonic() + 30):
+            problems.append(f"run {i}: the anchor never started within 30 s of deploy")
+        anchor_t = ledger.first(spread.anchor, "start") or cluster.redis.now()
+        jitter = rng.uniform(-0.1, 0.1)
+        sleep_until(anchor_t + FAIL_AFTER + jitter, cluster.redis)
+        victim = cluster.workers[i % len(cluster.workers)]
+        victim.kill()
+        victim.start()
+        # Until the killed worker's messages have come back (into the aborted run) and been dealt with.
+        time.sleep(VISIBILITY + 4)
+
+        client = cluster.redis.client()
+        guids = [*spread.guids, critical]
+        t7 = rm_fields(client, ec.exp_id, ec.run_id, [critical], "t7")[0]
+        t4s = dict(zip(guids, rm_fields(client, ec.exp_id, ec.run_id, guids, "t4"), strict=True))
+        anchor_t4 = float(t4s[spread.anchor] or anchor_t)
+        client.close()
+        entries = ledger.read()
+        if t7 is None:
+            problems.append(f"run {i}: the critical RM never failed (no t7)")
+            failed_at = float("inf")
+        else:
+            failed_at = float(t7)
+        after = sorted((g, round(float(t) - failed_at, 4)) for g, t in t4s.items()
+                       if t is not None and float(t) > failed_at)
+        # Only the starts due well before the failure had to run (the rest may be dropped by the abort).
+        expected = [Due(g, "start", anchor_t4 + d) for g, d in spread.delays.items()
+                    if anchor_t4 + d < failed_at - ON_TIME]
+        fig = figures(entries, expected, ON_TIME, died=cluster.deaths())
+        fig.late = [((g, "start"), delay) for g, delay in after]  # "late" here: started after the failure
+        bodies_after = sum(1 for e in entries if e.kind == "run" and e.t > failed_at and e.guid != critical)
+        print(f"\n  run {i}: {victim.name} SIGKILLed {jitter:+.3f}s from the critical start's due time; "
+              f"failed at anchor+{failed_at - anchor_t4:.3f}s; started after the failure (t4 > t7): {len(after)}; "
+              f"start bodies begun after it: {bodies_after}; of {len(expected)} starts due before it "
+              f"lost={len(fig.lost)} duplicated={len(fig.duplicated)}", flush=True)
+        problems += [f"run {i}: {p}" for p in fig.problems() if "ran late" not in p]
+        if after:
+            problems.append(f"run {i}: {len(after)} RMs STARTED after the critical failure's t7, "
+                            f"(guid, seconds after t7): {after[:8]}")
+        total.add(fig)
+        after_abort_total += len(after)
+        problems += [f"run {i}: ec.shutdown() raised {e}" for e in cluster.release(ec)]
+    report("abort-with-worker-sigkill", total, record_property, started_after_failure=after_abort_total)
+    assert not problems, "\n".join(problems)
