@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -24,7 +25,8 @@ from nepi_dist.errors import RedisConfigError, RedisUnavailableError
 from nepi_dist.keys import RUNS_KEY, Keys
 from nepi_dist.store import Store
 
-from .rms import Plain
+from .conftest import start_worker_process, stop_process, wait_for_workers
+from .rms import Plain, TwoStep
 
 
 class ReplyCutter:
@@ -213,3 +215,36 @@ def test_a_released_run_expires_after_the_retention_and_a_live_one_never(
     finally:
         client.close()
         live.shutdown()
+
+
+def test_an_action_a_redis_stall_past_the_bound_cut_short_runs_again_once_redis_is_back(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    ledger = tmp_path / "ledger"
+    monkeypatch.setenv("NEPI_DIST_VISIBILITY_TIMEOUT", "4")
+    monkeypatch.setenv("NEPI_DIST_REDIS_OUTAGE", "2")  # the worker's bound; the controller waits longer
+    worker = start_worker_process(url, "cutshort", 4)
+    monkeypatch.delenv("NEPI_DIST_REDIS_OUTAGE")
+    ec = ExperimentController(redis_url=url, local_worker=False, celery_settings={"visibility_timeout": 4})
+    try:
+        wait_for_workers(url, 1)
+        g = ec.register_resource(TwoStep.get_rtype())
+        ec.set(g, "hold", 1.0)
+        ec.set(g, "ledger", str(ledger))
+        ec.deploy()
+        ec.wait_started([g], timeout=30)
+        os.kill(redis_server.pid, signal.SIGSTOP)  # set_finished() will wait past the worker's bound
+        threading.Event().wait(5.0)
+        os.kill(redis_server.pid, signal.SIGCONT)
+        ec.wait_finished([g], timeout=40)
+        assert ec.state(g) == ResourceState.FINISHED
+        runs = [line.split()[2] for line in ledger.read_text().splitlines()]
+        assert runs == ["first", "resumed"], runs
+        assert worker.poll() is None, "the worker survived the stall"
+        assert not ec.store.client.hgetall(ec.store.keys.running), "no claim is left behind"
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(redis_server.pid, signal.SIGCONT)
+        ec.shutdown()
+        stop_process(worker)
