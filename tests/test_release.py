@@ -65,13 +65,20 @@ def add_node(ec: ExperimentController, ssh: SSHServer | None = None, **attrs: ob
 
 def add_app(ec: ExperimentController, node: int, command: str, rtype: str = "linux::Application",
             **attrs: object) -> int:
+    """An RM of ``rtype`` on ``node``, with its ``command`` (when not empty) and ``attrs`` set."""
     guid = ec.register_resource(rtype)
-    if command:
-        ec.set(guid, "command", command)
-    for name, value in attrs.items():
+    for name, value in (dict(command=command, **attrs) if command else attrs).items():
         ec.set(guid, name, value)
     ec.register_connection(guid, node)
     return guid
+
+
+def ended_by_itself(ec: ExperimentController, command: str) -> int:
+    """An application of ``command`` on a localhost node, deployed and waited for until it ended by itself."""
+    a = add_app(ec, add_node(ec), command)
+    ec.deploy()
+    ec.wait_finished(a, timeout=60)
+    return a
 
 
 def assert_released_cleanly(ec: ExperimentController, guids: list[int], caplog: pytest.LogCaptureFixture) -> None:
@@ -86,123 +93,118 @@ def assert_released_cleanly(ec: ExperimentController, guids: list[int], caplog: 
     assert failure_lines(caplog) == []
 
 
+def deploy_started(ec: ExperimentController, guids: list[int]) -> list[int | None]:
+    """Deploy and wait until every guid STARTED; return the pid of each one's process group (None: not recorded)."""
+    ec.deploy()
+    ec.wait_started(guids, timeout=60)
+    return [ec.get_resource(g).pid for g in guids]
+
+
+def deploy_started_one(ec: ExperimentController, guid: int) -> int:
+    """Deploy and wait until ``guid`` STARTED; return the pid of its process group, which it must have recorded."""
+    (pid,) = deploy_started(ec, [guid])
+    assert pid is not None
+    return pid
+
+
+def release_cleanly(ec: ExperimentController, guids: list[int], pids: list[int | None],
+                    caplog: pytest.LogCaptureFixture) -> None:
+    """Release the run: every guid RELEASED cleanly (:func:`assert_released_cleanly`), no group of ``pids`` left."""
+    ec.release()
+    assert_released_cleanly(ec, guids, caplog)
+    assert not any(group_alive(p) for p in pids if p is not None), "a process group outlived its release"
+
+
+@pytest.fixture
+def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """The log captured from INFO up: :func:`failure_lines` reads what the controller says of a failure."""
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
 @pytest.fixture
 def started_sleep(ec: ExperimentController) -> Iterator[tuple[int, int]]:
     """A ``sleep 30`` STARTED on a localhost node; yields (guid, pid of its process group)."""
     node = add_node(ec)
     a = add_app(ec, node, "sleep 30")
-    ec.deploy()
-    ec.wait_started(a, timeout=60)
-    pid = ec.get_resource(a).pid
-    assert pid is not None and group_alive(pid, grace=0)
+    pid = deploy_started_one(ec, a)
+    assert group_alive(pid, grace=0)
     yield a, pid
 
 
 def test_releasing_a_running_application_is_not_a_failure(
-    ec: ExperimentController, started_sleep: tuple[int, int], caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, started_sleep: tuple[int, int], log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     a, pid = started_sleep
     ec.release()
-    assert_released_cleanly(ec, [a], caplog)
+    assert_released_cleanly(ec, [a], log)
     assert states_of(ec, a)[-2:] == [ResourceState.STARTED, ResourceState.RELEASED]
     assert not group_alive(pid), "the application's process group outlived its release"
 
 
 def test_releasing_a_running_application_with_a_slow_teardown_is_not_a_failure(
-    ec: ExperimentController, caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, log: pytest.LogCaptureFixture
 ) -> None:
     # The watcher reports the exit while the release still runs the tearDown: the RM is STARTED then.
-    caplog.set_level(logging.INFO)
     node = add_node(ec)
     a = add_app(ec, node, "sleep 30", tearDown="sleep 1.5")
-    ec.deploy()
-    ec.wait_started(a, timeout=60)
-    pid = ec.get_resource(a).pid
-    assert pid is not None
-    ec.release()
-    assert_released_cleanly(ec, [a], caplog)
-    assert not group_alive(pid)
+    pid = deploy_started_one(ec, a)
+    release_cleanly(ec, [a], [pid], log)
 
 
 def test_shutdown_of_a_running_application_is_not_a_failure(
-    redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+    redis_server: EmbeddedRedis, log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     # Our own Redis outlives the shutdown, so the run's keys can be read after it.
     ec = ExperimentController(redis_url=redis_server.url, local_worker=True, nthreads=10)
     try:
         node = add_node(ec)
         a = add_app(ec, node, "sleep 30")
-        ec.deploy()
-        ec.wait_started(a, timeout=60)
-        pid = ec.get_resource(a).pid
-        assert pid is not None
+        pid = deploy_started_one(ec, a)
     finally:
         ec.shutdown()
-    assert_released_cleanly(ec, [a], caplog)
+    assert_released_cleanly(ec, [a], log)
     assert not group_alive(pid)
 
 
 def test_releasing_a_listening_nc_server_is_not_a_failure(
-    ec: ExperimentController, caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     node = add_node(ec)
     server = add_app(ec, node, f"nc -l 127.0.0.1 {free_port()}")
-    ec.deploy()
-    ec.wait_started(server, timeout=60)
-    pid = ec.get_resource(server).pid
-    assert pid is not None
-    ec.release()
-    assert_released_cleanly(ec, [server], caplog)
-    assert not group_alive(pid)
+    pid = deploy_started_one(ec, server)
+    release_cleanly(ec, [server], [pid], log)
 
 
 def test_releasing_an_iperf3_server_and_a_capturing_tcpdump_is_not_a_failure(
-    ec: ExperimentController, caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     node = add_node(ec)
     server = add_app(ec, node, "", "linux::UdpTest", server=True, port=free_port())
     dump = add_app(ec, node, "", "linux::Tcpdump", interface="lo", numeric=True, filter="icmp")
-    ec.deploy()
-    ec.wait_started([server, dump], timeout=60)
-    pids = [ec.get_resource(g).pid for g in (server, dump)]
-    ec.release()
-    assert_released_cleanly(ec, [server, dump], caplog)
-    assert not any(group_alive(p) for p in pids if p is not None)
+    pids = deploy_started(ec, [server, dump])
+    release_cleanly(ec, [server, dump], pids, log)
 
 
 def test_releasing_a_running_application_over_ssh_is_not_a_failure(
-    ec: ExperimentController, sshd: SSHServer, caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, sshd: SSHServer, log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     # The watcher checks an SSH host every half second, and sees a killed process gone once it is
     # reaped (init here reaps orphans every ~2 s): the tearDown keeps the release going meanwhile.
     node = add_node(ec, sshd)
     a = add_app(ec, node, "sleep 30", tearDown="sleep 3")
-    ec.deploy()
-    ec.wait_started(a, timeout=60)
-    pid = ec.get_resource(a).pid
-    assert pid is not None
-    ec.release()
-    assert_released_cleanly(ec, [a], caplog)
-    assert not group_alive(pid)  # the test sshd is on this machine: same pids
+    pid = deploy_started_one(ec, a)
+    release_cleanly(ec, [a], [pid], log)  # the test sshd is on this machine: same pids
 
 
 def test_an_application_that_finished_before_the_release_keeps_its_finish_time(
-    ec: ExperimentController, caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
-    node = add_node(ec)
-    a = add_app(ec, node, "echo done")
-    ec.deploy()
-    ec.wait_finished(a, timeout=60)
+    a = ended_by_itself(ec, "echo done")
     assert ec.state(a) == ResourceState.FINISHED
     finished = ec.get_resource(a).finish_time
     ec.release()
-    assert_released_cleanly(ec, [a], caplog)
+    assert_released_cleanly(ec, [a], log)
     assert ec.get_resource(a).finish_time == finished
     assert states_of(ec, a)[-3:] == [ResourceState.STARTED, ResourceState.FINISHED, ResourceState.RELEASED]
     assert ec.get_resource(a).exitcode == 0
@@ -211,10 +213,7 @@ def test_an_application_that_finished_before_the_release_keeps_its_finish_time(
 def test_an_application_that_failed_by_itself_stays_failed_in_its_history_after_the_release(
     ec: ExperimentController,
 ) -> None:
-    node = add_node(ec)
-    a = add_app(ec, node, "echo broken >&2; exit 3")
-    ec.deploy()
-    ec.wait_finished(a, timeout=60)
+    a = ended_by_itself(ec, "echo broken >&2; exit 3")
     assert ec.state(a) == ResourceState.FAILED
     rm = ec.get_resource(a)
     failed, message = rm.failed_time, rm.error_message
@@ -228,9 +227,8 @@ def test_an_application_that_failed_by_itself_stays_failed_in_its_history_after_
 
 
 def test_stopping_a_running_application_is_not_a_failure(
-    ec: ExperimentController, started_sleep: tuple[int, int], caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, started_sleep: tuple[int, int], log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     a, pid = started_sleep
     ec.stop(a)
     ec.wait_finished(a, timeout=30)
@@ -238,7 +236,7 @@ def test_stopping_a_running_application_is_not_a_failure(
     assert not group_alive(pid)
     assert ResourceState.FAILED not in states_of(ec, a)
     assert ec.failure_level == FailureLevel.OK
-    assert failure_lines(caplog) == []
+    assert failure_lines(log) == []
 
 
 def test_an_application_restarted_after_a_stop_is_still_seen_failing_by_itself(ec: ExperimentController) -> None:
@@ -257,26 +255,19 @@ def test_an_application_restarted_after_a_stop_is_still_seen_failing_by_itself(e
 
 
 def test_a_node_that_cleans_processes_deploys_and_releases_its_running_application_cleanly(
-    ec: ExperimentController, caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     node = add_node(ec, cleanProcesses=True)
     a = add_app(ec, node, "sleep 30")
-    ec.deploy()
-    ec.wait_started(a, timeout=60)
-    pid = ec.get_resource(a).pid
-    assert pid is not None
-    ec.release()
-    assert_released_cleanly(ec, [a, node], caplog)
-    assert not group_alive(pid)
+    pid = deploy_started_one(ec, a)
+    release_cleanly(ec, [a, node], [pid], log)
 
 
 def test_applications_released_by_another_worker_process_than_their_watcher_are_not_failures(
-    redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+    redis_server: EmbeddedRedis, log: pytest.LogCaptureFixture
 ) -> None:
     # Two worker processes: each application's watcher is in the worker that started it, its
     # release runs on either; the tearDown keeps the release going while the watcher reports.
-    caplog.set_level(logging.INFO)
     url = redis_server.url
     procs = [start_worker_process(url, f"rel{i}", 4) for i in (1, 2)]
     ec = ExperimentController(redis_url=url, local_worker=False)
@@ -284,12 +275,8 @@ def test_applications_released_by_another_worker_process_than_their_watcher_are_
         wait_for_workers(url, 2)
         node = add_node(ec)
         apps = [add_app(ec, node, "sleep 30", tearDown="sleep 1") for _ in range(4)]
-        ec.deploy()
-        ec.wait_started(apps, timeout=60)
-        pids = [ec.get_resource(a).pid for a in apps]
-        ec.release()
-        assert_released_cleanly(ec, apps, caplog)
-        assert not any(group_alive(p) for p in pids if p is not None)
+        pids = deploy_started(ec, apps)
+        release_cleanly(ec, apps, pids, log)
     finally:
         ec.shutdown()
         for p in procs:
@@ -345,9 +332,8 @@ class SlowStartApplication(LinuxApplication):
 
 
 def test_a_release_during_a_start_that_has_not_recorded_its_pid_yet_stops_the_process(
-    ec: ExperimentController, caplog: pytest.LogCaptureFixture
+    ec: ExperimentController, log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
     ResourceFactory.register_type(SlowStartApplication)
     marker = f"nepi-slowstart-{os.getpid()}-{ec.run_id}"
     node = add_node(ec)
@@ -359,7 +345,7 @@ def test_a_release_during_a_start_that_has_not_recorded_its_pid_yet_stops_the_pr
         time.sleep(0.05)
     assert ec.state(a) == ResourceState.READY and ec.get_resource(a).pid is None
     ec.release()
-    assert_released_cleanly(ec, [a], caplog)
+    assert_released_cleanly(ec, [a], log)
     deadline = time.monotonic() + 10
     while (pid := ec.get_resource(a).pid) is None:
         assert time.monotonic() < deadline, "the start never recorded its pid"

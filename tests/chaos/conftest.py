@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 import tests.chaos_rms  # noqa: F401  (registers the chaos RM types in this process, for its controllers)
 
-from .harness import CHAOS_ENV, Cluster
+from .harness import CHAOS_ENV, Cluster, Scenario
 
 
 @pytest.fixture
@@ -26,3 +26,9 @@ def cluster(chaos_env: None) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def scenario(cluster: Cluster, record_property: Callable[[str, object], None]) -> Scenario:
+    """The bookkeeping of the test's scenario on ``cluster``: its figures become the test's recorded properties."""
+    return Scenario(cluster, record_property)

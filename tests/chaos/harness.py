@@ -12,6 +12,11 @@
   being broken.
 * :func:`figures` — a ledger and the run's expected actions (each with the
   Redis-clock time it was due) give the lost, duplicated and late actions.
+* :class:`Scenario` and :class:`Run` — the steps every scenario shares: a
+  run of ChaosSteps deployed, its anchor awaited, a fault injected at an
+  offset, its finishes awaited, its :class:`Outcome` read and judged, its
+  controller released; the figures summed into the ``CHAOS <name>: ...`` line.
+  :func:`ride_out_redis_fault` is a whole run through a Redis fault.
 
 Times are on the Redis clock.  Redis runs on this machine, so its clock is
 this machine's; :meth:`RedisProcess.now` still adds the offset measured once.
@@ -29,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -663,7 +669,7 @@ class Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Waiter:
+class Waiter(threading.Thread):
     """A thread that waits the user's way (``ec.wait_finished``) while faults are injected.
 
     Each call waits at most a second (a :class:`WaitTimeoutError` just means
@@ -673,25 +679,19 @@ class Waiter:
     """
 
     def __init__(self, ec: Any, guids: Sequence[int]) -> None:
-        import threading
-
+        super().__init__(name="chaos-waiter", daemon=True)
         self.ec = ec
         self.guids = list(guids)
         self.raw: Counter[str] = Counter()
         self.typed: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
         self.returned = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chaos-waiter", daemon=True)
+        self._halt = threading.Event()
 
-    def start(self) -> Waiter:
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
+    def run(self) -> None:
         from nepi_dist import NepiError, WaitTimeoutError
 
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.ec.wait_finished(self.guids, timeout=1.0)
                 self.returned = True
@@ -704,11 +704,13 @@ class Waiter:
                 name = f"{type(exc).__module__}.{type(exc).__name__}"
                 self.raw[name] += 1
                 self.examples.setdefault(name, str(exc)[:160])
-            self._stop.wait(0.2)
+            self._halt.wait(0.2)
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        """Ask the thread to end and wait for it (a call under way ends within about a second)."""
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout)
 
 
 def sleep_until(redis_time: float, rp: RedisProcess) -> None:
@@ -722,3 +724,202 @@ def report(name: str, fig: Figures, record_property: Callable[[str, object], Non
     """Print the scenario's figures line (visible with ``pytest -s``) and record them as a property."""
     print("\n" + fig.line(name) + "".join(f" {k}={v}" for k, v in extra.items()), flush=True)
     record_property(f"chaos:{name}", json.dumps({**fig.as_dict(), **extra}, default=str))
+
+
+# -- a scenario and its runs ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one run left: its ledger's entries, its figures, how many of its RMs ended in each state."""
+
+    entries: list[Entry]
+    fig: Figures
+    states: Counter[str]
+    #: How many RMs the run has (each one must end FINISHED).
+    rms: int
+    #: The distinct errors its FAILED RMs recorded (a few), to say why they failed.
+    failures: list[str]
+
+    def counts(self, recovery: bool = False) -> str:
+        """``lost=.. duplicated=.. late=..`` (and ``recovery=..s``): the middle of a run's printed line."""
+        text = f"lost={len(self.fig.lost)} duplicated={len(self.fig.duplicated)} late={len(self.fig.late)}"
+        return text + (f" recovery={self.fig.recovery:.2f}s" if recovery else "")
+
+    def problems(self) -> list[str]:
+        """The figures' problems (lost, duplicated, late), and an RM that did not end FINISHED."""
+        out = self.fig.problems()
+        if self.states != {"FINISHED": self.rms}:
+            out.append(f"not every RM ended FINISHED: {dict(self.states)}"
+                       + (f"; FAILED with {self.failures}" if self.states.get("FAILED") else ""))
+        return out
+
+
+class Scenario:
+    """One chaos scenario over its runs: the figures summed, and every broken promise in words.
+
+    :meth:`end` prints and records the ``CHAOS <name>: iterations=... lost=...``
+    line and returns the problems, which the test asserts are none.
+    """
+
+    def __init__(self, cluster: Cluster, record_property: Callable[[str, object], None]) -> None:
+        self.cluster = cluster
+        self.record_property = record_property
+        self.total = Figures()
+        self.problems: list[str] = []
+
+    def problem(self, text: str) -> None:
+        """Note a broken promise of the scenario as a whole."""
+        self.problems.append(text)
+
+    def run(self, exp_id: str, n: int, low: float, high: float, seed: int, name: str = "", label: str = "") -> Run:
+        """A new controller's run of an anchor and ``n`` ChaosSteps due ``low``..``high`` s after it (not deployed)."""
+        ec = self.cluster.controller(exp_id)
+        return Run(self, build_spread(ec, n, low, high, seed), ec, name, label)
+
+    def end_run(self, run: Run, fig: Figures) -> None:
+        """Add a run's figures to the total; release its controller the user's way once the cluster is healthy."""
+        self.total.add(fig)
+        if run.ec is not None:
+            for error in self.cluster.release(run.ec):
+                run.problem(f"ec.shutdown() raised {error}")
+
+    def end(self, name: str, **extra: Any) -> list[str]:
+        """Report the summed figures as scenario ``name`` (``extra`` appended to the line); return every problem."""
+        report(name, self.total, self.record_property, **extra)
+        return self.problems
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of a scenario: its spread of ChaosSteps, its ledger, its controller (None when in another process).
+
+    ``name`` (e.g. ``run 2``) starts its problems; ``label``, when given,
+    replaces it for the problems of its figures and final states (e.g.
+    ``run 2 (30s stall)``).  ``anchor_t``: when the anchor's start took effect.
+    """
+
+    scenario: Scenario
+    spread: Spread
+    ec: Any = None
+    name: str = ""
+    label: str = ""
+    anchor_t: float = 0.0
+    ledger: Ledger = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = self.scenario.cluster.ledger(self.spread.exp_id, self.spread.run_id)
+
+    def problem(self, text: str, prefix: str | None = None) -> None:
+        """Note a broken promise, prefixed with the run's name (or ``prefix``)."""
+        prefix = self.name if prefix is None else prefix
+        self.scenario.problem(f"{prefix}: {text}" if prefix else text)
+
+    def deploy(self) -> float:
+        """Deploy the run and wait until its anchor started (see :meth:`wait_for_anchor`)."""
+        self.ec.deploy()
+        return self.wait_for_anchor()
+
+    def wait_for_anchor(self, within: float = 30.0, since: str = "deploy", fallback: float | None = None) -> float:
+        """Wait until the anchor's start took effect (a problem when not ``within`` s); return when (Redis clock).
+
+        When it never did: ``fallback``, or the Redis clock now.
+        """
+        if not self.ledger.wait_for([(self.spread.anchor, "start")], time.monotonic() + within):
+            self.problem(f"the anchor never started within {within:g} s of {since}")
+        started = self.ledger.first(self.spread.anchor, "start")
+        self.anchor_t = started or (self.scenario.cluster.redis.now() if fallback is None else fallback)
+        return self.anchor_t
+
+    def inject(self, offset: float, fault: Callable[[], object]) -> tuple[float, float]:
+        """``offset`` s after the anchor started, run ``fault()``; return when it began and ended (Redis clock)."""
+        rp = self.scenario.cluster.redis
+        sleep_until(self.anchor_t + offset, rp)
+        began = rp.now()
+        fault()
+        return began, rp.now()
+
+    def wait_finished(self, since: float, tolerance: float, slack: float = 5.0,
+                      give_up: Callable[[], bool] | None = None) -> bool:
+        """Wait for every finish until the last start is due (from ``since``) plus ``tolerance`` + ``slack`` s.
+
+        True when every finish took effect.
+        """
+        left = max(0.0, self.anchor_t + self.spread.last_offset - since)
+        return self.ledger.wait_for(self.spread.finish_keys(), time.monotonic() + left + tolerance + slack, give_up)
+
+    def outcome(self, tolerance: float, fault: tuple[float, float] | None = None) -> Outcome:
+        """Read what the run left (from a healthy Redis, and the ledger): see :func:`figures`."""
+        s = self.spread
+        client = self.scenario.cluster.redis.client()
+        try:
+            states = final_states(client, s.exp_id, s.run_id, s.guids)  # before the ledger: it is as new
+            entries = self.ledger.read()
+            fig = figures(entries, expected_actions(s, client, entries), tolerance, fault=fault,
+                          died=self.scenario.cluster.deaths())
+            failures = failure_messages(client, s.exp_id, s.run_id, s.guids) if states.get("FAILED") else []
+        finally:
+            client.close()
+        return Outcome(entries, fig, states, len(s.guids), failures)
+
+    def judge(self, outcome: Outcome) -> None:
+        """Note the outcome's problems (lost, duplicated, late actions; an RM not FINISHED)."""
+        for text in outcome.problems():
+            self.problem(text, self.label or None)
+
+
+@dataclasses.dataclass
+class RiddenFault:
+    """A run through a Redis fault: what it left, what its user's ``wait_finished`` raised, the workers that died."""
+
+    outcome: Outcome
+    waiter: Waiter
+    dead: list[WorkerProcess]
+
+
+def ride_out_redis_fault(run: Run, offset: float, down: Callable[[], object], seconds: float,
+                         up: Callable[[], object], what: str) -> RiddenFault:
+    """Deploy ``run`` and break its Redis ``offset`` s after the anchor started: ``down()``, ``seconds`` s, ``up()``.
+
+    The user waits in ``wait_finished`` all along.  What must hold: every
+    start and finish takes effect once, within :data:`REDELIVERY` s of Redis
+    being back; every RM ends FINISHED; no worker exits and those running
+    answer a ping; ``wait_finished`` raises nothing but nepi_dist's own
+    errors.  Prints the run's line (``what`` says the fault), notes the
+    problems, ends the run (:meth:`Scenario.end_run`).
+    """
+    cluster = run.scenario.cluster
+    run.ec.deploy()
+    waiter = Waiter(run.ec, run.spread.guids)  # the user waits while Redis is broken
+    waiter.start()
+    cluster.on_close(waiter.stop)
+    run.wait_for_anchor()
+
+    def fault() -> None:
+        down()
+        time.sleep(seconds)
+        up()
+
+    began, back = run.inject(offset, fault)
+    run.wait_finished(back, REDELIVERY, give_up=lambda: not any(w.alive for w in cluster.workers))
+    time.sleep(1.0)  # the waiter sees the end too
+    waiter.stop()
+
+    dead = [w for w in cluster.workers if not w.alive]
+    alive = len(cluster.workers) - len(dead)
+    if alive:
+        try:
+            wait_for_workers(cluster.url, alive, timeout=20)
+        except RuntimeError as exc:
+            run.problem(f"a worker still running does not serve: {exc}")
+    out = run.outcome(REDELIVERY, fault=(began, back))
+    print(f"\n  {run.name}: {what}; {out.counts(recovery=True)} workers dead={[w.name for w in dead]} "
+          f"wait_finished raised raw={dict(waiter.raw)} typed={dict(waiter.typed)} "
+          f"final states={dict(out.states)}", flush=True)
+    run.judge(out)
+    for w in dead:
+        run.problem(f"worker {w.name} exited (code {w.returncode}): {w.errors(1)}")
+    if waiter.raw:
+        run.problem(f"wait_finished raised raw errors {dict(waiter.raw)}, e.g. {waiter.examples}")
+    run.scenario.end_run(run, out.fig)  # restarts the dead workers first
+    return RiddenFault(out, waiter, dead)

@@ -14,24 +14,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 
 import pytest
 
 from nepi_dist import ResourceAction, ResourceState
 
-from .harness import (
-    ON_TIME,
-    VISIBILITY,
-    Cluster,
-    Due,
-    Figures,
-    build_spread,
-    figures,
-    report,
-    rm_fields,
-    sleep_until,
-)
+from .harness import ON_TIME, VISIBILITY, Cluster, Due, Scenario, figures, rm_fields
 
 N = 200
 SPREAD = 4.0
@@ -43,16 +31,14 @@ NEAR = 20
 
 @pytest.mark.timeout(150)
 def test_nothing_starts_after_a_critical_failure_when_a_worker_is_killed_at_the_same_moment(
-    cluster: Cluster, record_property: Callable[[str, object], None]
+    cluster: Cluster, scenario: Scenario
 ) -> None:
     cluster.start(workers=2)
     rng = random.Random(5)
-    total = Figures()
     after_abort_total = 0
-    problems: list[str] = []
     for i in range(ITERATIONS):
-        ec = cluster.controller(f"chaos-abort-kill-{i}")
-        spread = build_spread(ec, N, 0.0, SPREAD, seed=300 + i)
+        run = scenario.run(f"chaos-abort-kill-{i}", N, 0.0, SPREAD, seed=300 + i, name=f"run {i}")
+        ec, spread = run.ec, run.spread
         for k in range(NEAR):  # due at the failure's moment, 0.5 ms apart: some are claimed as it happens
             g = ec.register_resource("ChaosStep")
             delay = round(FAIL_AFTER + k * 0.0005, 4)
@@ -61,16 +47,10 @@ def test_nothing_starts_after_a_critical_failure_when_a_worker_is_killed_at_the_
         critical = ec.register_resource("ChaosCritical")
         ec.register_condition(critical, ResourceAction.START, spread.anchor, ResourceState.STARTED,
                               f"{FAIL_AFTER:g}s")
-        ledger = cluster.ledger(ec.exp_id, ec.run_id)
-        ec.deploy()
-        if not ledger.wait_for([(spread.anchor, "start")], time.monotonic() + 30):
-            problems.append(f"run {i}: the anchor never started within 30 s of deploy")
-        anchor_t = ledger.first(spread.anchor, "start") or cluster.redis.now()
+        anchor_t = run.deploy()
         jitter = rng.uniform(-0.1, 0.1)
-        sleep_until(anchor_t + FAIL_AFTER + jitter, cluster.redis)
         victim = cluster.workers[i % len(cluster.workers)]
-        victim.kill()
-        victim.start()
+        run.inject(FAIL_AFTER + jitter, victim.restart)  # SIGKILLed, then started again at once
         # Until the killed worker's messages have come back (into the aborted run) and been dealt with.
         time.sleep(VISIBILITY + 4)
 
@@ -80,9 +60,9 @@ def test_nothing_starts_after_a_critical_failure_when_a_worker_is_killed_at_the_
         t4s = dict(zip(guids, rm_fields(client, ec.exp_id, ec.run_id, guids, "t4"), strict=True))
         anchor_t4 = float(t4s[spread.anchor] or anchor_t)
         client.close()
-        entries = ledger.read()
+        entries = run.ledger.read()
         if t7 is None:
-            problems.append(f"run {i}: the critical RM never failed (no t7)")
+            run.problem("the critical RM never failed (no t7)")
             failed_at = float("inf")
         else:
             failed_at = float(t7)
@@ -98,12 +78,13 @@ def test_nothing_starts_after_a_critical_failure_when_a_worker_is_killed_at_the_
               f"failed at anchor+{failed_at - anchor_t4:.3f}s; started after the failure (t4 > t7): {len(after)}; "
               f"start bodies begun after it: {bodies_after}; of {len(expected)} starts due before it "
               f"lost={len(fig.lost)} duplicated={len(fig.duplicated)}", flush=True)
-        problems += [f"run {i}: {p}" for p in fig.problems() if "ran late" not in p]
+        for p in fig.problems():
+            if "ran late" not in p:
+                run.problem(p)
         if after:
-            problems.append(f"run {i}: {len(after)} RMs STARTED after the critical failure's t7, "
-                            f"(guid, seconds after t7): {after[:8]}")
-        total.add(fig)
+            run.problem(f"{len(after)} RMs STARTED after the critical failure's t7, "
+                        f"(guid, seconds after t7): {after[:8]}")
         after_abort_total += len(after)
-        problems += [f"run {i}: ec.shutdown() raised {e}" for e in cluster.release(ec)]
-    report("abort-with-worker-sigkill", total, record_property, started_after_failure=after_abort_total)
+        scenario.end_run(run, fig)
+    problems = scenario.end("abort-with-worker-sigkill", started_after_failure=after_abort_total)
     assert not problems, "\n".join(problems)

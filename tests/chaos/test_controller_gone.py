@@ -16,24 +16,10 @@ import os
 import select
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import pytest
 
-from .harness import (
-    CHAOS_ENV,
-    ON_TIME,
-    ROOT,
-    Cluster,
-    Spread,
-    expected_actions,
-    failure_messages,
-    figures,
-    final_states,
-    report,
-    sleep_until,
-)
+from .harness import CHAOS_ENV, ON_TIME, ROOT, Cluster, Run, Scenario, Spread, sleep_until
 
 N = 100
 LOW, HIGH = 5.0, 40.0
@@ -42,7 +28,7 @@ KILL_AFTER = 2.0
 
 @pytest.mark.timeout(150)
 def test_a_run_whose_controller_was_killed_runs_every_far_start_on_time_with_no_controller_attached(
-    cluster: Cluster, record_property: Callable[[str, object], None]
+    cluster: Cluster, scenario: Scenario
 ) -> None:
     cluster.start(workers=2)
     env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(cluster.root / "home"), **CHAOS_ENV)
@@ -62,28 +48,17 @@ def test_a_run_whose_controller_was_killed_runs_every_far_start_on_time_with_no_
 
     spread = Spread(info["exp_id"], info["run_id"], int(info["anchor"]),
                     {int(g): float(d) for g, d in info["delays"].items()})
-    ledger = cluster.ledger(spread.exp_id, spread.run_id)
-    problems: list[str] = []
-    if not ledger.wait_for([(spread.anchor, "start")], time.monotonic() + 10):
-        problems.append("the anchor never started")
-    anchor_t = ledger.first(spread.anchor, "start") or killed
-    ledger.wait_for(spread.finish_keys(),
-                    time.monotonic() + max(0.0, anchor_t + spread.last_offset - cluster.redis.now()) + ON_TIME + 4)
+    run = Run(scenario, spread)  # no controller here: this process only reads Redis and the ledger
+    run.wait_for_anchor(10.0, since="the controller's kill", fallback=killed)
+    run.wait_finished(cluster.redis.now(), ON_TIME, slack=4.0)
 
-    client = cluster.redis.client()
-    states = final_states(client, spread.exp_id, spread.run_id, spread.guids)
-    entries = ledger.read()
-    fig = figures(entries, expected_actions(spread, client, entries), ON_TIME, died=cluster.deaths())
-    starts = {e.guid: e.t for e in entries if e.kind == "effect" and e.action == "start"}
+    out = run.outcome(ON_TIME)
+    starts = {e.guid: e.t for e in out.entries if e.kind == "effect" and e.action == "start"}
     ran_while_gone = sum(1 for g in spread.delays if starts.get(g, 0.0) > killed)
     print(f"\n  controller SIGKILLed {killed - float(info['deployed']):.2f}s after deploy; "
-          f"starts that ran with no controller: {ran_while_gone} of {N}; lost={len(fig.lost)} "
-          f"late={len(fig.late)} final states={dict(states)}", flush=True)
-    problems += fig.problems()
-    if states != {"FINISHED": len(spread.guids)}:
-        problems.append(f"not every RM ended FINISHED: {dict(states)}"
-                        + (f"; FAILED with {failure_messages(client, spread.exp_id, spread.run_id, spread.guids)}"
-                           if states.get("FAILED") else ""))
-    client.close()
-    report("controller-sigkill", fig, record_property, tolerance_s=ON_TIME, ran_without_controller=ran_while_gone)
+          f"starts that ran with no controller: {ran_while_gone} of {N}; lost={len(out.fig.lost)} "
+          f"late={len(out.fig.late)} final states={dict(out.states)}", flush=True)
+    run.judge(out)
+    scenario.end_run(run, out.fig)
+    problems = scenario.end("controller-sigkill", tolerance_s=ON_TIME, ran_without_controller=ran_while_gone)
     assert not problems, "\n".join(problems)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .harness import Due, Entry, RedisProcess, figures
+from .harness import Due, Entry, Figures, Outcome, RedisProcess, figures
 
 
 def run(g: int, t: float, pid: int = 1, action: str = "start") -> Entry:
@@ -50,6 +51,16 @@ def test_figures_count_late_from_the_due_time_or_from_the_faults_end_when_the_fa
     assert fig.recovery == pytest.approx(2.0)
     assert fig.worst_delay == pytest.approx(6.5)
     assert [k for k, _ in figures(entries, expected, tolerance=2.0).late] == [(2, "start"), (4, "start")]
+
+
+def test_an_outcome_counts_an_rm_not_finished_and_says_why_it_failed_as_a_problem() -> None:
+    fine = Outcome([], Figures(), Counter(FINISHED=3), rms=3, failures=[])
+    assert fine.problems() == []
+    failed = Outcome([], Figures(lost=[(2, "start")]), Counter(FINISHED=2, FAILED=1), rms=3, failures=["boom"])
+    assert failed.problems() == ["1 actions never took effect, e.g. [(2, 'start')]",
+                                 "not every RM ended FINISHED: {'FINISHED': 2, 'FAILED': 1}; FAILED with ['boom']"]
+    assert Outcome([], Figures(), Counter(FINISHED=2, missing=1), rms=3, failures=[]).problems() == [
+        "not every RM ended FINISHED: {'FINISHED': 2, 'missing': 1}"]
 
 
 def test_the_harness_redis_comes_back_from_its_aof_on_the_same_port_and_answers_nothing_while_stopped(
