@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -50,12 +51,17 @@ class EmbeddedRedis:
     """A private redis-server process, removed at :meth:`stop`.
 
     It listens on ``bind`` (loopback by default; a testbed whose hosts are
-    network namespaces binds it to the root side of their links).
+    network namespaces binds it to the root side of their links).  With
+    ``appendonly`` it logs every write to an append-only file in
+    ``persist_dir`` (fsync every second), so a server started again on the
+    same directory comes back with the data.
     """
 
-    def __init__(self, port: int | None = None, persist_dir: str | None = None, bind: str = "127.0.0.1") -> None:
+    def __init__(self, port: int | None = None, persist_dir: str | None = None, bind: str = "127.0.0.1",
+                 appendonly: bool = False) -> None:
         self.bind = bind
         self.port = port or free_port(bind)
+        self.appendonly = appendonly
         self._dir = persist_dir or tempfile.mkdtemp(prefix="nepi-redis-")
         self._own_dir = persist_dir is None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -78,7 +84,8 @@ class EmbeddedRedis:
             "--bind", self.bind,
             "--dir", self._dir,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
             "--daemonize", "no",
             "--loglevel", "notice",
             "--logfile", "",
@@ -105,6 +112,14 @@ class EmbeddedRedis:
                 if b"Ready to accept connections" in line:
                     ready.set()
         ready.set()  # the server exited: wake the waiter, which sees poll() is not None
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the server (fault injection: SIGKILL, SIGSTOP, SIGCONT); wait for it after a SIGKILL."""
+        if self._proc is None:
+            raise NepiError("the embedded redis-server is not running")
+        self._proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self._proc.wait()
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
