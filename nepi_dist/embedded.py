@@ -17,6 +17,7 @@ import tempfile
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .app import grow_redis_pool, size_for_threads, worker_threads
 from .errors import NepiError
 from .routing import POOL_QUEUE
 
@@ -165,13 +166,15 @@ class EmbeddedWorker:
         from celery.worker import WorkController
 
         self.app = app
+        self.concurrency = concurrency
         self._ready = threading.Event()
+        self._failed: Exception | None = None
         # Celery's Hub step reuses kombu's process-global event loop when one is
         # set: clear it so this worker builds (and later closes) its own hub.
         from kombu.asynchronous import set_event_loop
 
         set_event_loop(None)
-        app.conf.worker_concurrency = concurrency  # also sizes the threads of batch messages
+        size_for_threads(app, concurrency)
         self._worker = WorkController(
             app=app,
             hostname=f"nepi-embedded-{os.getpid()}-{os.urandom(3).hex()}@{socket.gethostname()}",
@@ -182,18 +185,31 @@ class EmbeddedWorker:
             without_mingle=True,
             without_gossip=True,
             loglevel="WARNING",
-            ready_callback=lambda consumer: self._ready.set(),
+            ready_callback=self._on_ready,
         )
         self._thread = threading.Thread(target=self._worker.start, name="nepi-worker", daemon=True)
 
-    def start(self, timeout: float = 20.0) -> EmbeddedWorker:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise NepiError("embedded Celery worker did not become ready")
+    def _on_ready(self, consumer: Any) -> None:
+        """On the loop's thread, before it runs a task: the runtime, its Redis pool sized for this worker.
+
+        The runtime's heartbeat tells controllers that the pool queue has a
+        live worker from now on.
+        """
         from .tasks import runtime_of
 
-        runtime_of(self.app)  # its heartbeat: the pool queue has a live worker from now on
+        try:
+            grow_redis_pool(runtime_of(self.app).client, worker_threads(self.concurrency))
+        except Exception as exc:  # the callback boundary: start() reports it
+            self._failed = exc
+        finally:
+            self._ready.set()
+
+    def start(self, timeout: float = 20.0) -> EmbeddedWorker:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._failed is not None:
+            self.stop()
+            why = f": {self._failed}" if self._failed is not None else f" within {timeout:g}s"
+            raise NepiError(f"embedded Celery worker did not become ready{why}") from self._failed
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
