@@ -8,6 +8,7 @@ as the distributed setup; only where the processes live differs.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from .routing import POOL_QUEUE
 
 if TYPE_CHECKING:
     from celery import Celery
+
+log = logging.getLogger("nepi_dist.embedded")
 
 
 def redis_server_binary() -> str:
@@ -160,7 +163,17 @@ def _app_thread_pool() -> type:
 
 
 class EmbeddedWorker:
-    """A Celery worker (thread pool) running in this process."""
+    """A Celery worker (thread pool) running in this process.
+
+    Its event loop runs on its own thread, and only that thread touches the
+    loop's state: kombu's QoS (the unacknowledged messages), its poller's
+    channels.  :meth:`stop` therefore asks that thread to shut the worker
+    down, as a signal does for ``celery worker``, instead of tearing the
+    consumer down from the caller's thread while the loop still receives
+    messages (which failed with ``RuntimeError: OrderedDict mutated during
+    iteration`` in ``QoS.restore_unacked_once`` or ``Set changed size during
+    iteration`` in the poller).
+    """
 
     def __init__(self, app: Celery, concurrency: int, queues: list[str] | None = None) -> None:
         from celery.worker import WorkController
@@ -213,11 +226,29 @@ class EmbeddedWorker:
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Shut the worker down warm (running tasks finish), on its own loop thread; wait for it."""
         from celery.worker import state
 
-        self._worker.stop(in_sighandler=False)
-        self._thread.join(timeout)
+        hub: Any = getattr(self._worker, "hub", None)
+        asked = self._thread.is_alive() and hub is not None and self._ready.is_set()
+        if asked:
+            hub.call_soon(_shut_down_here)
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            # No loop to ask (not ready yet), or it did not stop in time: stop it from here.
+            if asked:
+                log.warning("embedded worker: its event loop did not stop within %gs; stopping it from %s",
+                            timeout, threading.current_thread().name)
+            self._worker.stop(in_sighandler=False)
+            self._thread.join(timeout)
         state.should_terminate = None
         runtime = getattr(self.app, "_nepi_runtime", None)
         if runtime is not None:
             runtime.stop()
+
+
+def _shut_down_here() -> None:
+    """Run on a worker's event loop: leave it and shut the worker down warm, as SIGTERM does."""
+    from celery.exceptions import WorkerShutdown
+
+    raise WorkerShutdown(0)

@@ -17,11 +17,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import signals
 
+from nepi_dist import ExperimentController, ResourceState
 from nepi_dist.app import (
     DEFAULT_NTHREADS,
     broker_pool_limit,
@@ -32,7 +35,7 @@ from nepi_dist.app import (
 )
 from nepi_dist.embedded import EmbeddedRedis
 
-from .conftest import ROOT, stop_process, wait_for_workers
+from .conftest import ROOT, connected, stop_process, wait_for_workers
 
 #: What must not appear on a healthy run's stderr.
 BAD_SIGNS = ("Traceback", "RuntimeError", "MaxConnectionsError", "Too many connections", "Unrecoverable",
@@ -101,6 +104,25 @@ def test_a_thousand_applications_finish_on_two_workers_of_100_threads_and_they_e
     for log in logs:
         text = log.read_text()
         assert not bad_lines(text), (log.name, bad_lines(text)[:20])
+
+
+def test_the_embedded_worker_is_stopped_on_its_own_event_loop_thread() -> None:
+    """The cause of the errors at exit: the consumer was torn down from the controller's thread
+    while the worker's loop thread still used it.  Celery's ``worker_shutdown`` signal is sent by
+    the thread that stops the worker."""
+    stopped_on: list[str] = []
+
+    def record(sender: Any = None, **_: Any) -> None:
+        stopped_on.append(threading.current_thread().name)
+
+    with connected(signals.worker_shutdown, record):
+        ec = ExperimentController(nthreads=4)
+        guids = [ec.register_resource("Plain") for _ in range(20)]
+        ec.deploy()
+        ec.wait_finished(guids, timeout=30)
+        assert [ec.state(g) for g in guids] == [ResourceState.FINISHED] * 20
+        ec.shutdown()
+    assert stopped_on == ["nepi-worker"]
 
 
 def test_a_second_app_with_a_smaller_broker_pool_does_not_shrink_the_pool_the_first_one_uses(
