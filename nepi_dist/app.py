@@ -18,7 +18,9 @@ Settings chosen against the known Celery + Redis pitfalls (see README):
   30 s between attempts), at start-up and after a connection loss
   (``broker_connection_max_retries=None``), and the Redis transport is
   :class:`RedisTransport`, whose channel survives being closed after Redis
-  went away (a worker otherwise exits when Redis restarts, see the class).
+  went away (a worker otherwise exits when Redis restarts, see the class);
+* the pools are sized from the threads that use them
+  (:func:`redis_pool_size`, :func:`broker_pool_limit`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,86 @@ REDIS_URL_ENV = "NEPI_DIST_REDIS_URL"
 VISIBILITY_ENV = "NEPI_DIST_VISIBILITY_TIMEOUT"
 HORIZON_ENV = "NEPI_DIST_ETA_HORIZON"
 DEFAULT_VISIBILITY = 300.0
+#: Threads a controller, an embedded worker and ``nepi-dist worker`` use by default (NEPI's 50).
+NTHREADS_ENV = "NEPI_NTHREADS"
+DEFAULT_NTHREADS = 50
+#: Threads of a process, besides those that run actions, that use Redis: a worker's
+#: heartbeat, application watcher and its 4 reporters, event loop; a controller's main,
+#: failure-manager and scheduler threads; the rest is headroom.
+SPARE_CONNECTIONS = 16
 
 log = logging.getLogger("nepi_dist.app")
+
+
+def default_threads() -> int:
+    """Return the thread count a process uses when none is given: ``$NEPI_NTHREADS``, else 50.
+
+    Raises ValueError when ``$NEPI_NTHREADS`` is set to anything but a positive integer.
+    """
+    raw = os.environ.get(NTHREADS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_NTHREADS
+    threads = int(raw) if raw.isdigit() else 0
+    if threads < 1:
+        raise ValueError(f"{NTHREADS_ENV} must be a positive integer, not {raw!r}")
+    return threads
+
+
+def worker_threads(concurrency: int) -> int:
+    """Return the threads of a worker of ``concurrency`` that run actions: its Celery threads and
+    as many batch threads (:attr:`nepi_dist.tasks.WorkerRuntime.batch_pool`)."""
+    return 2 * max(1, concurrency)
+
+
+def redis_pool_size(threads: int) -> int:
+    """Return the ``max_connections`` of a redis-py pool that ``threads`` threads use for the store.
+
+    Every thread that touches a run's store keeps one connection of the pool
+    for itself (:attr:`nepi_dist.store.Store.client`, a single-connection
+    client per thread) and borrows a second one while it runs a pipeline
+    (redis-py pipelines take their own connection from the pool).  Hence
+    two per thread, and :data:`SPARE_CONNECTIONS` for the helper threads.
+    A worker passes :func:`worker_threads` (its concurrency); a controller
+    its scheduler threads.  redis-py 8's default bound is 100: at NEPI's
+    default of 50 threads a worker's 100 action threads needed up to 200,
+    and actions failed with ``MaxConnectionsError: Too many connections``.
+    Connections are opened on demand, so the bound costs nothing until used.
+    """
+    return 2 * max(1, threads) + SPARE_CONNECTIONS
+
+
+def broker_pool_limit(threads: int) -> int:
+    """Return the kombu connection (and producer) pool limit for ``threads`` threads that publish.
+
+    Any thread that runs an action may publish (a batch thread too, when an
+    action is held by another worker): a worker passes
+    :func:`worker_threads`, a controller its scheduler threads.  Past the
+    limit a publisher waits for a producer (Celery's default is 10).
+    kombu's limit is one per process; :class:`NepiCelery` only ever raises it.
+    """
+    return max(1, threads) + SPARE_CONNECTIONS
+
+
+def size_for_threads(app: Celery, concurrency: int) -> None:
+    """Size ``app`` for a worker of ``concurrency`` threads: its batch threads and broker pool.
+
+    Call it before the worker starts (``nepi-dist worker``, the embedded worker).
+    """
+    app.conf.worker_concurrency = concurrency  # also sizes the threads of batch messages
+    limit = broker_pool_limit(worker_threads(concurrency))
+    app.conf.broker_pool_limit = max(int(app.conf.broker_pool_limit or 0), limit)
+
+
+def grow_redis_pool(client: Any, threads: int) -> None:
+    """Let ``client``'s redis-py pool hold :func:`redis_pool_size` (``threads``) connections.
+
+    For a client made before its process knew its threads (the worker
+    runtime's, :func:`nepi_dist.connection.redis_client`, whose fixed bound
+    ``POOL_SIZE`` covers up to ~1000 worker threads): it only ever raises
+    the pool's bound, never lowers it.
+    """
+    pool = client.connection_pool
+    pool.max_connections = max(int(pool.max_connections), redis_pool_size(threads))
 
 
 class _RedisChannel(kombu_redis.Channel):
@@ -105,12 +185,36 @@ class RedisTransport(kombu_redis.Transport):
 REDIS_TRANSPORT = f"{__name__}:{RedisTransport.__name__}"
 
 
+class NepiCelery(Celery):
+    """A Celery app whose broker pool limit never lowers another app's.
+
+    kombu keeps one pool limit per process (``kombu.pools.set_limit``), and
+    every app sets it to its ``broker_pool_limit`` when it first uses its
+    pool, resizing the pools of every app of the process: a smaller limit
+    shrinks them (``RuntimeError: Can't shrink pool when in use`` when they
+    are in use).  Apps on the same broker share one pool anyway, so the
+    limit a process needs is the largest any of its apps asks for.
+    """
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None and self.conf.broker_pool_limit:
+            from kombu import pools
+
+            self.conf.broker_pool_limit = max(int(self.conf.broker_pool_limit), int(pools.get_limit() or 0))
+        return super().pool
+
+
 def settings(redis_url: str, **overrides: Any) -> dict[str, Any]:
     """Return the Celery settings for a broker at ``redis_url``."""
     visibility = float(overrides.pop("visibility_timeout", os.environ.get(VISIBILITY_ENV, DEFAULT_VISIBILITY)))
     horizon = float(overrides.pop("eta_horizon", os.environ.get(HORIZON_ENV, visibility / 5)))
     if horizon >= visibility:
         raise ValueError(f"ETA horizon {horizon}s must be below the visibility timeout {visibility}s")
+    try:
+        threads = default_threads()
+    except ValueError:
+        threads = DEFAULT_NTHREADS  # refused where the threads are taken (the controller, the worker command)
     conf: dict[str, Any] = {
         "broker_url": redis_url,
         "task_serializer": "json",
@@ -130,6 +234,8 @@ def settings(redis_url: str, **overrides: Any) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
         "broker_connection_max_retries": None,
+        # The largest a process of $NEPI_NTHREADS threads may need; a worker raises it to its own.
+        "broker_pool_limit": broker_pool_limit(worker_threads(threads)),
         "broker_transport_options": {
             "visibility_timeout": visibility,
             "unacked_restore_interval": max(1, int(visibility / 10)),
@@ -153,7 +259,7 @@ def create_app(redis_url: str | None = None, **overrides: Any) -> Celery:
     from .tasks import register_tasks
 
     url = redis_url or os.environ.get(REDIS_URL_ENV) or "redis://127.0.0.1:6379/0"
-    app = Celery("nepi_dist", set_as_current=False)
+    app = NepiCelery("nepi_dist", set_as_current=False)
     app.conf.update(settings(url, **overrides))
     app.steps["worker"].add(TimerCatchUp)
     register_tasks(app)

@@ -6,11 +6,20 @@ import argparse
 import os
 import sys
 
+from .app import default_threads, size_for_threads
 from .routing import POOL_QUEUE, WORKER_HOST_ENV, host_queue
 from .tasks import QUEUES_ENV
 
 
 def _worker(args: argparse.Namespace) -> int:
+    try:
+        concurrency = args.concurrency if args.concurrency is not None else default_threads()
+    except ValueError as exc:
+        print(f"nepi-dist worker: {exc}", file=sys.stderr)
+        return 2
+    if concurrency < 1:
+        print(f"nepi-dist worker: --concurrency must be a positive integer, not {concurrency}", file=sys.stderr)
+        return 2
     if args.redis_url:
         os.environ["NEPI_DIST_REDIS_URL"] = args.redis_url
     if args.rm_module:
@@ -27,12 +36,12 @@ def _worker(args: argparse.Namespace) -> int:
     os.environ[QUEUES_ENV] = ",".join(queues)
     from .worker import app
 
-    app.conf.worker_concurrency = args.concurrency  # also sizes the threads of batch messages
+    size_for_threads(app, concurrency)  # its batch threads, broker pool and store pool (worker.py)
 
     argv = [
         "worker",
         "--pool", args.pool,
-        "--concurrency", str(args.concurrency),
+        "--concurrency", str(concurrency),
         "--queues", ",".join(queues),
         "--loglevel", args.loglevel,
         "--without-gossip",
@@ -72,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="run a Celery worker serving nepi_dist actions")
     w.add_argument("--redis-url", help="broker and store (default $NEPI_DIST_REDIS_URL)")
-    w.add_argument("--concurrency", type=int, default=int(os.environ.get("NEPI_NTHREADS", "50")))
+    w.add_argument("--concurrency", type=int,
+                   help="task threads (default $NEPI_NTHREADS, else 50); as many again run batch items")
     w.add_argument("--pool", default="threads", choices=["threads", "prefork", "solo"])
     w.add_argument("--queues", action="append", help=f"queues to consume (default {POOL_QUEUE})")
     w.add_argument("--rm-module", action="append", default=[], help="module defining RM types")

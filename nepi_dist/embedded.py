@@ -8,6 +8,7 @@ as the distributed setup; only where the processes live differs.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -17,11 +18,14 @@ import tempfile
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .app import grow_redis_pool, size_for_threads, worker_threads
 from .errors import NepiError
 from .routing import POOL_QUEUE
 
 if TYPE_CHECKING:
     from celery import Celery
+
+log = logging.getLogger("nepi_dist.embedded")
 
 
 def redis_server_binary() -> str:
@@ -159,19 +163,31 @@ def _app_thread_pool() -> type:
 
 
 class EmbeddedWorker:
-    """A Celery worker (thread pool) running in this process."""
+    """A Celery worker (thread pool) running in this process.
+
+    Its event loop runs on its own thread, and only that thread touches the
+    loop's state: kombu's QoS (the unacknowledged messages), its poller's
+    channels.  :meth:`stop` therefore asks that thread to shut the worker
+    down, as a signal does for ``celery worker``, instead of tearing the
+    consumer down from the caller's thread while the loop still receives
+    messages (which failed with ``RuntimeError: OrderedDict mutated during
+    iteration`` in ``QoS.restore_unacked_once`` or ``Set changed size during
+    iteration`` in the poller).
+    """
 
     def __init__(self, app: Celery, concurrency: int, queues: list[str] | None = None) -> None:
         from celery.worker import WorkController
 
         self.app = app
+        self.concurrency = concurrency
         self._ready = threading.Event()
+        self._failed: Exception | None = None
         # Celery's Hub step reuses kombu's process-global event loop when one is
         # set: clear it so this worker builds (and later closes) its own hub.
         from kombu.asynchronous import set_event_loop
 
         set_event_loop(None)
-        app.conf.worker_concurrency = concurrency  # also sizes the threads of batch messages
+        size_for_threads(app, concurrency)
         self._worker = WorkController(
             app=app,
             hostname=f"nepi-embedded-{os.getpid()}-{os.urandom(3).hex()}@{socket.gethostname()}",
@@ -182,26 +198,57 @@ class EmbeddedWorker:
             without_mingle=True,
             without_gossip=True,
             loglevel="WARNING",
-            ready_callback=lambda consumer: self._ready.set(),
+            ready_callback=self._on_ready,
         )
         self._thread = threading.Thread(target=self._worker.start, name="nepi-worker", daemon=True)
 
-    def start(self, timeout: float = 20.0) -> EmbeddedWorker:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise NepiError("embedded Celery worker did not become ready")
+    def _on_ready(self, consumer: Any) -> None:
+        """On the loop's thread, before it runs a task: the runtime, its Redis pool sized for this worker.
+
+        The runtime's heartbeat tells controllers that the pool queue has a
+        live worker from now on.
+        """
         from .tasks import runtime_of
 
-        runtime_of(self.app)  # its heartbeat: the pool queue has a live worker from now on
+        try:
+            grow_redis_pool(runtime_of(self.app).client, worker_threads(self.concurrency))
+        except Exception as exc:  # the callback boundary: start() reports it
+            self._failed = exc
+        finally:
+            self._ready.set()
+
+    def start(self, timeout: float = 20.0) -> EmbeddedWorker:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._failed is not None:
+            self.stop()
+            why = f": {self._failed}" if self._failed is not None else f" within {timeout:g}s"
+            raise NepiError(f"embedded Celery worker did not become ready{why}") from self._failed
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Shut the worker down warm (running tasks finish), on its own loop thread; wait for it."""
         from celery.worker import state
 
-        self._worker.stop(in_sighandler=False)
-        self._thread.join(timeout)
+        hub: Any = getattr(self._worker, "hub", None)
+        asked = self._thread.is_alive() and hub is not None and self._ready.is_set()
+        if asked:
+            hub.call_soon(_shut_down_here)
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            # No loop to ask (not ready yet), or it did not stop in time: stop it from here.
+            if asked:
+                log.warning("embedded worker: its event loop did not stop within %gs; stopping it from %s",
+                            timeout, threading.current_thread().name)
+            self._worker.stop(in_sighandler=False)
+            self._thread.join(timeout)
         state.should_terminate = None
         runtime = getattr(self.app, "_nepi_runtime", None)
         if runtime is not None:
             runtime.stop()
+
+
+def _shut_down_here() -> None:
+    """Run on a worker's event loop: leave it and shut the worker down warm, as SIGTERM does."""
+    from celery.exceptions import WorkerShutdown
+
+    raise WorkerShutdown(0)

@@ -15,7 +15,7 @@ import os
 
 from celery import signals
 
-from .app import create_app
+from .app import create_app, grow_redis_pool, size_for_threads, worker_threads
 from .resource import ResourceFactory, ResourceRegistry
 
 RM_MODULES_ENV = "NEPI_DIST_RM_MODULES"
@@ -47,7 +47,22 @@ app = create_app()
 
 @signals.worker_ready.connect
 def _start_watching(sender: object = None, **_: object) -> None:
-    """Start adopting applications whose watcher died (e.g. the worker before a restart)."""
-    from .resources.linux.watcher import watcher_for
+    """Before this app's worker runs a task: size its runtime's Redis pool for the worker's
+    threads, and start adopting applications whose watcher died (e.g. the worker before a restart).
 
+    ``nepi-dist worker`` has sized the app already; ``celery -A nepi_dist.worker
+    worker -c N`` has not (Celery keeps ``-c`` on the worker, not in the app's
+    settings), so the threads come from the worker the signal is about.
+    """
+    if getattr(sender, "app", app) is not app:
+        return  # another app's worker (an embedded one) in this process
+    from .resources.linux.watcher import watcher_for
+    from .tasks import runtime_of
+
+    threads = int(app.conf.worker_concurrency or 0)
+    if not threads:
+        threads = int(getattr(getattr(sender, "controller", None), "concurrency", 0) or 0)
+        if threads:
+            size_for_threads(app, threads)
+    grow_redis_pool(runtime_of(app).client, worker_threads(threads))
     watcher_for(app)
