@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,19 +231,30 @@ def test_an_action_a_redis_stall_past_the_bound_cut_short_runs_again_once_redis_
     try:
         wait_for_workers(url, 1)
         g = ec.register_resource(TwoStep.get_rtype())
-        ec.set(g, "hold", 1.0)
+        ec.set(g, "hold", 3.0)
         ec.set(g, "ledger", str(ledger))
         ec.deploy()
         ec.wait_started([g], timeout=30)
+        assert ec.state(g) == ResourceState.STARTED, "the start's second step must still be ahead"
         os.kill(redis_server.pid, signal.SIGSTOP)  # set_finished() will wait past the worker's bound
-        threading.Event().wait(5.0)
+        threading.Event().wait(8.0)
         os.kill(redis_server.pid, signal.SIGCONT)
         ec.wait_finished([g], timeout=40)
         assert ec.state(g) == ResourceState.FINISHED
+        # Either the stalled set_finished() ran when Redis resumed (its command was in Redis'
+        # socket buffer), and the resumed start found FINISHED; or it did not, and the resumed
+        # start finished it.  Both are the action carried to its end once.
         runs = [line.split()[2] for line in ledger.read_text().splitlines()]
-        assert runs == ["first", "resumed"], runs
+        assert runs in (["first"], ["first", "resumed"]), runs
+        states = [int(f["s"]) for _, f in ec.store.client.xrange(ec.store.keys.events) if int(f["g"]) == g]
+        assert states.count(ResourceState.STARTED) == 1 and states.count(ResourceState.FINISHED) == 1, states
         assert worker.poll() is None, "the worker survived the stall"
-        assert not ec.store.client.hgetall(ec.store.keys.running), "no claim is left behind"
+        # The cut-short claim goes: its message was not acked as done, a redelivery (after the
+        # visibility timeout) takes the claim over and ends it.
+        client, deadline = ec.store.client, time.monotonic() + 30
+        while client.hgetall(ec.store.keys.running) and time.monotonic() < deadline:
+            threading.Event().wait(0.2)
+        assert not client.hgetall(ec.store.keys.running), "no claim is left behind"
     finally:
         with contextlib.suppress(OSError):
             os.kill(redis_server.pid, signal.SIGCONT)

@@ -400,6 +400,26 @@ def effect_times(entries: Iterable[Entry]) -> dict[Key, list[float]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+#: The states whose transition is the effect of a ChaosStep's start and finish.
+_EFFECT_STATES = {4: "start", 6: "finish"}
+
+
+def stream_effects(client: Any, exp_id: str, run_id: str) -> list[Entry]:
+    """The effects of the run's starts and finishes, as Redis' event stream recorded their transitions.
+
+    Read once the fault is over, from a healthy Redis.  A transition took
+    effect exactly when Redis recorded it: the ledger's own ``effect`` line,
+    written just after the transition, is missing when the worker was
+    SIGKILLed in between, and would count an action that did take effect as lost.
+    """
+    out = []
+    for _, f in client.xrange(Keys(exp_id, run_id).events):
+        action = _EFFECT_STATES.get(int(f["s"]))
+        if action is not None and int(f["g"]) > 0:
+            out.append(Entry(int(f["g"]), action, "effect", float(f["t"]), 0))
+    return out
+
+
 def ran_alongside(runs: Sequence[Entry], died: Mapping[int, float]) -> bool:
     """True when a body began while an earlier body of the same action still had a live process.
 
@@ -854,7 +874,8 @@ class Run:
         client = self.scenario.cluster.redis.client()
         try:
             states = final_states(client, s.exp_id, s.run_id, s.guids)  # before the ledger: it is as new
-            entries = self.ledger.read()
+            entries = [e for e in self.ledger.read() if e.kind != "effect"]
+            entries += stream_effects(client, s.exp_id, s.run_id)
             fig = figures(entries, expected_actions(s, client, entries), tolerance, fault=fault,
                           died=self.scenario.cluster.deaths())
             failures = failure_messages(client, s.exp_id, s.run_id, s.guids) if states.get("FAILED") else []
