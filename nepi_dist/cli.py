@@ -36,6 +36,10 @@ def _worker(args: argparse.Namespace) -> int:
     os.environ[QUEUES_ENV] = ",".join(queues)
     from .worker import app
 
+    refusal = _evicting_redis(str(app.conf.nepi_redis_url))
+    if refusal:
+        print(f"nepi-dist worker: {refusal}", file=sys.stderr)
+        return 2
     size_for_threads(app, concurrency)  # its batch threads, broker pool and store pool (worker.py)
 
     argv = [
@@ -51,6 +55,29 @@ def _worker(args: argparse.Namespace) -> int:
         argv += ["--hostname", args.hostname]
     app.worker_main(argv)
     return 0
+
+
+def _evicting_redis(url: str) -> str | None:
+    """Return why the worker must not serve the Redis at ``url`` (it may evict keys), else None.
+
+    A Redis not reachable yet is not refused here: the worker waits for it,
+    and its runtime checks again once Redis answers.
+    """
+    import redis
+
+    from .connection import check_no_eviction, redis_client
+    from .errors import RedisConfigError
+
+    client = redis_client(url, bound=2.0)
+    try:
+        check_no_eviction(client)
+    except RedisConfigError as exc:
+        return str(exc)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return None
 
 
 def _workers(args: argparse.Namespace) -> int:

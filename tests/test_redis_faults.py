@@ -11,6 +11,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from nepi_dist.errors import RedisConfigError, RedisUnavailableError
 from nepi_dist.keys import RUNS_KEY, Keys
 from nepi_dist.store import Store
 
-from .conftest import start_worker_process, stop_process, wait_for_workers
+from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
 from .rms import Plain, TwoStep
 
 
@@ -260,3 +262,19 @@ def test_an_action_a_redis_stall_past_the_bound_cut_short_runs_again_once_redis_
             os.kill(redis_server.pid, signal.SIGCONT)
         ec.shutdown()
         stop_process(worker)
+
+
+def test_a_worker_refuses_a_redis_that_may_evict_keys_with_a_clear_message(redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.config_set("maxmemory-policy", "volatile-lru")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "nepi_dist.cli", "worker", "--redis-url", redis_server.url, "--concurrency", "2"],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(ROOT), capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 2
+        assert "maxmemory-policy volatile-lru" in done.stderr and "noeviction" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.close()
