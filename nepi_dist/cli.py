@@ -65,12 +65,15 @@ def _evicting_redis(url: str) -> str | None:
     """
     import redis
 
-    from .connection import check_no_eviction, redis_client
+    from .connection import check_no_eviction, durability_warning, redis_client
     from .errors import RedisConfigError
 
     client = redis_client(url, bound=2.0)
     try:
         check_no_eviction(client)
+        warning = durability_warning(client)
+        if warning:
+            print(f"nepi-dist worker: warning: {warning}", file=sys.stderr)
     except RedisConfigError as exc:
         return str(exc)
     except redis.RedisError:

@@ -118,6 +118,27 @@ def redis_client(url: str, *, bound: float | None = None, decode_responses: bool
     )
 
 
+def durability_warning(client: redis.Redis) -> str | None:
+    """Return what a crash of this Redis would cost a run, None when it costs nothing.
+
+    No append-only file: a restart loses every run.  ``appendfsync`` other
+    than ``always``: a crash of the Redis *host* loses the last ~1 s of
+    acknowledged writes, and the actions that ran in it run again (README,
+    Reliability).  A process kill loses nothing either way.  A warning, not a
+    refusal: a throw-away Redis is a fine choice for a test run.
+    """
+    if not int(client.info("persistence").get("aof_enabled", 0)):
+        return "Redis keeps no append-only file: a restart of it loses every run it holds"
+    try:
+        fsync = str(client.config_get("appendfsync").get("appendfsync", ""))
+    except redis.ResponseError:  # CONFIG not permitted (a managed Redis, an ACL)
+        return None
+    if fsync != "always":
+        return (f"Redis runs with appendfsync {fsync}: a crash of its host loses up to ~1 s of writes "
+                "and the actions of that second run again; use appendfsync always for exactly-once")
+    return None
+
+
 def check_no_eviction(client: redis.Redis) -> None:
     """Refuse a Redis that may evict keys: it would drop a run's state without a word.
 

@@ -22,7 +22,7 @@ import redis
 
 from .app import REDIS_URL_ENV, create_app
 from .attribute import Flags
-from .connection import OUTAGE_ENV, check_no_eviction, outage_bound, redis_client
+from .connection import OUTAGE_ENV, check_no_eviction, durability_warning, outage_bound, redis_client
 from .context import MAX_GUID, RunContext, as_action, check_guid
 from .embedded import EmbeddedRedis, EmbeddedWorker
 from .errors import (
@@ -137,6 +137,9 @@ class ExperimentController(RunContext):
         try:
             client = redis_client(url)
             check_no_eviction(client)
+            warning = None if self._redis is not None else durability_warning(client)
+            if warning:
+                logging.getLogger("ExperimentController").warning("%s", warning)
             store = Store(client, exp_id, run_id)
             try:
                 app = create_app(url, **dict(celery_settings or {}))

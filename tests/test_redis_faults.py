@@ -8,6 +8,7 @@ the command ran in Redis and the client sends it again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -277,4 +278,25 @@ def test_a_worker_refuses_a_redis_that_may_evict_keys_with_a_clear_message(redis
         assert "Traceback" not in done.stderr
     finally:
         client.config_set("maxmemory-policy", "noeviction")
+        client.close()
+
+
+def test_a_controller_warns_when_its_redis_would_lose_writes_in_a_crash_and_not_when_it_fsyncs_always(
+    redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        for setting, warned in ((("appendonly", "no"), "no append-only file"),
+                                (("appendfsync", "everysec"), "appendfsync everysec"),
+                                (("appendfsync", "always"), None)):
+            if setting[0] == "appendfsync":
+                client.config_set("appendonly", "yes")
+            client.config_set(*setting)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="ExperimentController"):
+                ExperimentController(redis_url=redis_server.url, local_worker=False).shutdown()
+            found = [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()]
+            assert (warned is None and not found) or (warned is not None and any(warned in m for m in found)), found
+    finally:
+        client.config_set("appendonly", "no")
         client.close()
