@@ -9,7 +9,8 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
                                  the whole run is being released, ``released``
                                  Redis time the whole run was released (its keys
                                  then expire), ``revoked`` 1 once an abort dropped
-                                 the pending actions, ``seq`` and ``groups`` id
+                                 the pending actions, ``reg`` the last registration
+                                 (``<token>:<guid>``), ``seq`` and ``groups`` id
                                  counters
 ``P:guids``               zset   every guid of the run (score = guid)
 ``P:rm:<guid>``           hash   ``rtype``, ``state``, ``t<state>`` Redis-clock

@@ -263,12 +263,17 @@ end
 return out
 """
 
-# KEYS: run, guids   ARGV: rm key prefix, guid ("" = next free), rtype
+# KEYS: run, guids   ARGV: rm key prefix, guid ("" = next free), rtype, the call's token
 # Returns the guid, -1 if the guid asked for is taken, -2 if it is outside [1, 2**53) or the
 # next free one would be: Lua numbers are doubles, exact only below 2**53.  A guid is written
 # with string.format('%d'): Lua's own number-to-text ('%.14g') would turn 100000000000001
 # into '1e+14' in the key (the member, converted by Redis with 17 digits, would still be exact).
 REGISTER = _TIME + """
+-- the run's last registration: a call sent again (its reply was lost) gets the guid it made
+local last_reg = redis.call('HGET', KEYS[1], 'reg')
+if last_reg and string.sub(last_reg, 1, #ARGV[4] + 1) == ARGV[4] .. ':' then
+  return tonumber(string.sub(last_reg, #ARGV[4] + 2))
+end
 local guid = ARGV[2]
 if guid == '' then
   local last = redis.call('ZREVRANGE', KEYS[2], 0, 0)
@@ -283,5 +288,6 @@ else
 end
 redis.call('ZADD', KEYS[2], guid, guid)
 redis.call('HSET', ARGV[1] .. guid, 'rtype', ARGV[3], 'state', 0, 't0', now())
+redis.call('HSET', KEYS[1], 'reg', ARGV[4] .. ':' .. guid)
 return tonumber(guid)
 """

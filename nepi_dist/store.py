@@ -174,7 +174,7 @@ class Store:
         k = self.keys
         return int(
             self._register(client=self.client, keys=[k.run, k.guids],
-                           args=[k.key("rm", ""), "" if guid is None else guid, rtype])
+                           args=[k.key("rm", ""), "" if guid is None else guid, rtype, os.urandom(6).hex()])
         )
 
     def guids(self) -> list[int]:

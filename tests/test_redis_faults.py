@@ -107,6 +107,17 @@ def test_a_transition_whose_reply_was_lost_is_sent_again_and_applied_once(cutter
     assert events_of(store, g) == [ResourceState.DISCOVERED, ResourceState.PROVISIONED, ResourceState.READY]
 
 
+def test_a_registration_whose_reply_was_lost_registers_one_resource(cutter: ReplyCutter) -> None:
+    store = Store(redis_client(cutter.url), "exp-faults", "run-5")
+    registered(store)  # the script is loaded and cached
+    cutter.cut_next_reply()
+    assert store.register(Plain.get_rtype(), None) == 2
+    assert cutter.cuts == 1
+    cutter.cut_next_reply()
+    assert store.register(Plain.get_rtype(), 7) == 7, "an explicit guid sent again is not a duplicate"
+    assert store.guids() == [1, 2, 7]
+
+
 def test_a_replayed_transition_does_not_undo_a_later_one(redis_server: EmbeddedRedis) -> None:
     store = Store(redis_client(redis_server.url), "exp-faults", "run-2")
     (g,) = registered(store)
