@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from .app import REDIS_URL_ENV, create_app
+from .app import REDIS_URL_ENV, create_app, default_threads
 from .attribute import Flags
 from .connection import OUTAGE_ENV, check_no_eviction, durability_warning, outage_bound, redis_client
 from .context import MAX_GUID, RunContext, as_action, check_guid
@@ -47,8 +47,6 @@ from .store import FailureLevel, Store
 from .timefuncs import due_in, format_date, timeout_seconds
 from .workers import live_queues
 
-NTHREADS_ENV = "NEPI_NTHREADS"
-DEFAULT_NTHREADS = 50
 RETENTION_ENV = "NEPI_DIST_RETENTION"
 #: Seconds a released run's keys are kept (7 days).
 DEFAULT_RETENTION = 7 * 24 * 3600.0
@@ -97,6 +95,23 @@ def _check_arguments(
         raise ArgumentTypeError(f"celery_settings is a dict of str keys or None, not {shown(celery_settings)}")
 
 
+def _threads_and_retention(nthreads: int | None) -> tuple[int, float]:
+    """Return the controller's threads (``nthreads``, else ``$NEPI_NTHREADS``, else 50) and the
+    retention of its released run (``$NEPI_DIST_RETENTION``), refusing a malformed setting."""
+    raw = os.environ.get(RETENTION_ENV, "")
+    try:
+        threads = nthreads or default_threads()
+    except ValueError as exc:
+        raise ArgumentValueError(str(exc)) from None
+    try:
+        retention = float(raw) if raw else DEFAULT_RETENTION
+    except ValueError:
+        retention = -1.0
+    if not retention > 0:
+        raise ArgumentValueError(f"{RETENTION_ENV}={raw!r} must be a positive number of seconds")
+    return threads, retention
+
+
 class ExperimentController(RunContext):
     """Describe, deploy, watch and release one run of an experiment.
 
@@ -124,6 +139,7 @@ class ExperimentController(RunContext):
         celery_settings: Mapping[str, Any] | None = None,
     ) -> None:
         _check_arguments(exp_id, run_id, redis_url, registry, local_worker, nthreads, celery_settings)
+        threads, retention = _threads_and_retention(nthreads)  # before anything starts
         exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
         run_id = run_id or format_date(time.time())
         url = redis_url or os.environ.get(REDIS_URL_ENV)
@@ -150,8 +166,7 @@ class ExperimentController(RunContext):
             super().__init__(store, app, reg, logging.getLogger("ExperimentController"))
             client.hsetnx(store.keys.run, "fl", FailureLevel.OK)
             store.enlist()
-            self._retention = float(os.environ.get(RETENTION_ENV, DEFAULT_RETENTION))
-            threads = nthreads or int(os.environ.get(NTHREADS_ENV, DEFAULT_NTHREADS))
+            self._retention = retention
             self._tasks: dict[Any, Task | RemoteTask] = {}
             self._local = LocalScheduler(threads, self._logger)
             if local_worker if local_worker is not None else self._redis is not None:

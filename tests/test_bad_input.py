@@ -754,3 +754,13 @@ def test_celery_settings_go_in_their_own_argument(redis_server: EmbeddedRedis) -
         assert ec.app.conf.nepi_visibility_timeout == 30
     finally:
         ec.shutdown()
+
+
+@pytest.mark.parametrize("name,value", [("NEPI_NTHREADS", "many"), ("NEPI_NTHREADS", "0"),
+                                        ("NEPI_DIST_RETENTION", "a week"), ("NEPI_DIST_RETENTION", "-1")])
+def test_a_malformed_setting_in_the_environment_is_a_typed_error_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ArgumentValueError, match=name):
+        ExperimentController()
