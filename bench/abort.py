@@ -40,7 +40,7 @@ from typing import Any
 import redis
 
 from nepi_dist import ExperimentController
-from nepi_dist.routing import POOL_QUEUE
+from nepi_dist.engine.routing import POOL_QUEUE
 
 from .common import (
     Cluster,

@@ -4,7 +4,7 @@ A :class:`Cluster` is a private redis-server plus K external ``nepi-dist
 worker`` processes (thread pool) that load :mod:`bench.rms`.  The same
 workers serve nepi_dist's ``nepi.action`` and the raw ``bench.noop`` task,
 so the raw Celery floor and nepi_dist are measured on the same Redis, the
-same worker processes and the same Celery settings (``nepi_dist.app.settings``).
+same worker processes and the same Celery settings (``nepi_dist.engine.celery_app.settings``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 import redis
 from celery import Celery
 
-from nepi_dist.app import REDIS_URL_ENV, create_app, settings
-from nepi_dist.embedded import EmbeddedRedis
-from nepi_dist.routing import POOL_QUEUE
+from nepi_dist.engine.celery_app import REDIS_URL_ENV, create_app, settings
+from nepi_dist.engine.embedded import EmbeddedRedis
+from nepi_dist.engine.routing import POOL_QUEUE
 
 from .rms import HOP_TASK, NOOP_TASK, STAMP_TASK
 

@@ -3,8 +3,8 @@
 External workers load this module with ``--rm-module bench.rms``; importing it
 registers the RM types in the process's ``ResourceFactory`` and declares the
 raw ``bench.noop`` task as a Celery *shared task*, so every Celery app the
-process finalises (the worker's own ``nepi_dist.worker.app`` included) serves
-it.  (``from nepi_dist.worker import app`` cannot be used here: the worker
+process finalises (the worker's own ``nepi_dist.engine.startup.app`` included) serves
+it.  (``from nepi_dist.engine.startup import app`` cannot be used here: the worker
 imports RM modules *before* it creates its app, so that import would be
 circular.)
 
@@ -23,7 +23,7 @@ import redis
 from celery import Task, shared_task
 
 from nepi_dist import ResourceFactory, ResourceManager, clsinit_copy, failtrap
-from nepi_dist.routing import POOL_QUEUE
+from nepi_dist.engine.routing import POOL_QUEUE
 
 NOOP_TASK = "bench.noop"
 HOP_TASK = "bench.hop"

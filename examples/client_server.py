@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from nepi_dist import ExperimentController, ResourceAction, ResourceState
-from nepi_dist.embedded import free_port
+from nepi_dist.engine.embedded import free_port
 
 
 def main() -> int:

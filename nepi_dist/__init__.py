@@ -1,8 +1,9 @@
 """nepi_dist: NEPI's experiment controller on Celery workers and Redis."""
 
-from .attribute import Attribute, Flags, Types
-from .ec import ECState, ExperimentController
-from .errors import (
+from nepi_dist.ec import ECState, ExperimentController
+from nepi_dist.engine.scheduler import TaskStatus
+from nepi_dist.engine.store import FailureLevel
+from nepi_dist.errors import (
     ActionError,
     ArgumentTypeError,
     ArgumentValueError,
@@ -29,7 +30,8 @@ from .errors import (
     UnknownTraceError,
     WaitTimeoutError,
 )
-from .resource import (
+from nepi_dist.model.attribute import Attribute, Flags, Types
+from nepi_dist.model.resource import (
     ResourceFactory,
     ResourceManager,
     ResourceRegistry,
@@ -37,10 +39,8 @@ from .resource import (
     clsinit_copy,
     failtrap,
 )
-from .scheduler import TaskStatus
-from .state import ResourceAction, ResourceState, ResourceState2str
-from .store import FailureLevel
-from .trace import Trace, TraceAttr
+from nepi_dist.model.state import ResourceAction, ResourceState, ResourceState2str
+from nepi_dist.model.trace import Trace, TraceAttr
 
 __all__ = [
     "ActionError",

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from .app import default_threads, size_for_threads
-from .routing import POOL_QUEUE, WORKER_HOST_ENV, host_queue
-from .tasks import QUEUES_ENV
+from nepi_dist.engine.celery_app import default_threads, size_for_threads
+from nepi_dist.engine.routing import POOL_QUEUE, WORKER_HOST_ENV, host_queue
+from nepi_dist.engine.tasks import QUEUES_ENV
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def _worker(args: argparse.Namespace) -> int:
         queues.append(POOL_QUEUE)
     queues = queues or [POOL_QUEUE]
     os.environ[QUEUES_ENV] = ",".join(queues)
-    from .worker import app
+    from nepi_dist.engine.startup import app
 
     refusal = _evicting_redis(str(app.conf.nepi_redis_url))
     if refusal:
@@ -65,8 +65,8 @@ def _evicting_redis(url: str) -> str | None:
     """
     import redis
 
-    from .connection import check_no_eviction, durability_warning, redis_client
-    from .errors import RedisConfigError
+    from nepi_dist.engine.connection import check_no_eviction, durability_warning, redis_client
+    from nepi_dist.errors import RedisConfigError
 
     client = redis_client(url, bound=2.0)
     try:
@@ -88,8 +88,8 @@ def _workers(args: argparse.Namespace) -> int:
 
     import redis
 
-    from .app import REDIS_URL_ENV
-    from .keys import worker_pattern
+    from nepi_dist.engine.celery_app import REDIS_URL_ENV
+    from nepi_dist.engine.keys import worker_pattern
 
     url = args.redis_url or os.environ.get(REDIS_URL_ENV)
     if not url:

@@ -20,12 +20,24 @@ from typing import Any
 
 import redis
 
-from .app import REDIS_URL_ENV, create_app, default_threads
-from .attribute import Flags
-from .connection import OUTAGE_ENV, check_no_eviction, durability_warning, outage_bound, redis_client
-from .context import MAX_GUID, RunContext, as_action, check_guid
-from .embedded import EmbeddedRedis, EmbeddedWorker
-from .errors import (
+from nepi_dist.engine.celery_app import REDIS_URL_ENV, create_app, default_threads
+from nepi_dist.engine.connection import OUTAGE_ENV, check_no_eviction, durability_warning, outage_bound, redis_client
+from nepi_dist.engine.context import MAX_GUID, RunContext, as_action, check_guid
+from nepi_dist.engine.embedded import EmbeddedRedis, EmbeddedWorker
+from nepi_dist.engine.failure import FailureManager
+from nepi_dist.engine.heartbeat import live_queues
+from nepi_dist.engine.routing import (
+    DEFAULT_WORKER_WAIT,
+    NODE_RTYPE,
+    POOL_QUEUE,
+    WORKER_WAIT,
+    host_node,
+    host_queue,
+    queue_for,
+)
+from nepi_dist.engine.scheduler import LocalScheduler, RemoteTask, Task
+from nepi_dist.engine.store import FailureLevel, Store
+from nepi_dist.errors import (
     ActionError,
     ArgumentTypeError,
     ArgumentValueError,
@@ -38,14 +50,10 @@ from .errors import (
     WaitTimeoutError,
     shown,
 )
-from .failure import FailureManager
-from .resource import ResourceFactory, ResourceRegistry, check_name
-from .routing import DEFAULT_WORKER_WAIT, NODE_RTYPE, POOL_QUEUE, WORKER_WAIT, host_node, host_queue, queue_for
-from .scheduler import LocalScheduler, RemoteTask, Task
-from .state import ResourceAction, ResourceState, state_from
-from .store import FailureLevel, Store
-from .timefuncs import due_in, format_date, timeout_seconds
-from .workers import live_queues
+from nepi_dist.model.attribute import Flags
+from nepi_dist.model.resource import ResourceFactory, ResourceRegistry, check_name
+from nepi_dist.model.state import ResourceAction, ResourceState, state_from
+from nepi_dist.model.timefuncs import due_in, format_date, timeout_seconds
 
 RETENTION_ENV = "NEPI_DIST_RETENTION"
 #: Seconds a released run's keys are kept (7 days).

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from nepi_dist import ExperimentController
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
 
 from . import rms  # noqa: F401  (registers the test RM types in this process)
 
@@ -91,7 +91,7 @@ def start_worker_process(url: str, name: str, concurrency: int = 8, *extra: str)
 
 def wait_for_workers(url: str, count: int, timeout: float = 30.0) -> None:
     """Block until ``count`` Celery workers answer a ping on ``url``."""
-    from nepi_dist.app import create_app
+    from nepi_dist.engine.celery_app import create_app
 
     app = create_app(url)
     import time
@@ -138,7 +138,7 @@ class SSHServer:
     """A real sshd on 127.0.0.1 with keys generated for the test session."""
 
     def __init__(self, workdir: Path, home: Path) -> None:
-        from nepi_dist.embedded import free_port
+        from nepi_dist.engine.embedded import free_port
 
         self.dir = workdir
         self.port = free_port()

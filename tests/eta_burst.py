@@ -2,7 +2,7 @@
 
 Both have exactly nepi_dist's settings and one task, ``burst.stamp``, that
 records when it ran (the test revokes every one: none may run).  ``plain``
-is a bare Celery app; ``nepi`` comes from :func:`nepi_dist.app.create_app`,
+is a bare Celery app; ``nepi`` comes from :func:`nepi_dist.engine.celery_app.create_app`,
 whose workers run the timer catch-up step.
 Each is served by its own worker process (``celery -A tests.eta_burst:<name>
 worker``): kombu's event loop is one per process, so the two must not share one.
@@ -16,7 +16,7 @@ import time
 import redis
 from celery import Celery
 
-from nepi_dist.app import REDIS_URL_ENV, create_app, settings
+from nepi_dist.engine.celery_app import REDIS_URL_ENV, create_app, settings
 
 STAMP = "burst.stamp"
 URL = os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from nepi_dist import ExperimentController, ResourceAction, ResourceState
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
+from nepi_dist.engine.scheduler import TaskStatus
 from nepi_dist.errors import (
     ActionError,
     ArgumentTypeError,
@@ -35,7 +36,6 @@ from nepi_dist.errors import (
     UnknownResourceTypeError,
     UnknownTraceError,
 )
-from nepi_dist.scheduler import TaskStatus
 
 UNKNOWN = 10**6
 

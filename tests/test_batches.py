@@ -12,10 +12,10 @@ import redis
 from celery import signals
 
 from nepi_dist import ExperimentController, ResourceState
-from nepi_dist.batch import BATCH_MAX, BATCH_SPREAD, BATCH_TASK, BUFFER_SPREAD, batches
-from nepi_dist.context import ACTION_TASK, RunContext
-from nepi_dist.routing import POOL_QUEUE
-from nepi_dist.store import OUTBOX_LEASE
+from nepi_dist.engine.batch import BATCH_MAX, BATCH_SPREAD, BATCH_TASK, BUFFER_SPREAD, batches
+from nepi_dist.engine.context import ACTION_TASK, RunContext
+from nepi_dist.engine.routing import POOL_QUEUE
+from nepi_dist.engine.store import OUTBOX_LEASE
 
 from .conftest import connected
 from .test_pitfalls import TICKER, runs_of, ticks, ticks_key

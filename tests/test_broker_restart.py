@@ -4,7 +4,7 @@ The crash this guards against (issue 9, item 1): a ``nepi-dist worker`` in the
 middle of a run (waiting in BRPOP, holding unacknowledged ETA messages) whose
 Redis is SIGKILLed exited with ``Unrecoverable error: AttributeError("'NoneType'
 object has no attribute 'hostname'")``.  The cause is in kombu's Redis channel
-(see :class:`nepi_dist.app._RedisChannel`); the first two tests show it on
+(see :class:`nepi_dist.engine.celery_app._RedisChannel`); the first two tests show it on
 kombu alone, the others on real worker processes.
 """
 
@@ -27,10 +27,10 @@ from kombu.common import ignore_errors
 from kombu.exceptions import OperationalError
 
 from nepi_dist import ExperimentController, ResourceState
-from nepi_dist.app import REDIS_TRANSPORT, create_app
-from nepi_dist.context import ACTION_TASK
-from nepi_dist.embedded import EmbeddedRedis, free_port
-from nepi_dist.routing import POOL_QUEUE
+from nepi_dist.engine.celery_app import REDIS_TRANSPORT, create_app
+from nepi_dist.engine.context import ACTION_TASK
+from nepi_dist.engine.embedded import EmbeddedRedis, free_port
+from nepi_dist.engine.routing import POOL_QUEUE
 
 from .conftest import start_worker_process, stop_process, wait_for_workers
 
@@ -77,7 +77,7 @@ def close_like_celery_after_redis_died(transport: str | None) -> BaseException |
 
 def test_stock_kombu_crashes_closing_a_busy_connection_whose_redis_died() -> None:
     """The root cause, on kombu 5.7's own Redis transport (when this fails, kombu fixed it:
-    ``nepi_dist.app.RedisTransport`` can go)."""
+    ``nepi_dist.engine.celery_app.RedisTransport`` can go)."""
     raised = close_like_celery_after_redis_died(None)
     assert isinstance(raised, AttributeError) and "hostname" in str(raised), raised
 

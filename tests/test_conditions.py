@@ -24,8 +24,8 @@ from nepi_dist import (
     ResourceState,
     WaitTimeoutError,
 )
-from nepi_dist.batch import BATCH_TASK
-from nepi_dist.context import ACTION_TASK
+from nepi_dist.engine.batch import BATCH_TASK
+from nepi_dist.engine.context import ACTION_TASK
 
 from .conftest import connected
 from .rms import Plain

@@ -25,7 +25,7 @@ import pytest
 from celery import signals
 
 from nepi_dist import ExperimentController, ResourceState
-from nepi_dist.app import (
+from nepi_dist.engine.celery_app import (
     DEFAULT_NTHREADS,
     broker_pool_limit,
     create_app,
@@ -33,7 +33,7 @@ from nepi_dist.app import (
     size_for_threads,
     worker_threads,
 )
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
 
 from .conftest import ROOT, connected, stop_process, wait_for_workers
 

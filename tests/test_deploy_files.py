@@ -36,9 +36,9 @@ import pytest
 import yaml
 
 from nepi_dist import cli
-from nepi_dist.app import settings
-from nepi_dist.embedded import EmbeddedRedis
-from nepi_dist.routing import POOL_QUEUE, host_queue
+from nepi_dist.engine.celery_app import settings
+from nepi_dist.engine.embedded import EmbeddedRedis
+from nepi_dist.engine.routing import POOL_QUEUE, host_queue
 
 from .conftest import ROOT, stop_process, wait_for_workers
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from nepi_dist import ExperimentController, FailureLevel, ResourceAction, ResourceState
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
 
 from .conftest import ROOT, stop_process, wait_for_workers
 from .test_deploy_order import build_graph, check_order
@@ -85,7 +85,7 @@ def test_a_thousand_applications_finish_on_two_worker_processes(remote_ec: Exper
 def test_the_plain_celery_command_runs_a_worker_that_serves_actions(redis_server: EmbeddedRedis) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), NEPI_DIST_REDIS_URL=redis_server.url,
                NEPI_DIST_RM_MODULES="tests.rms")
-    cmd = [sys.executable, "-m", "celery", "-A", "nepi_dist.worker", "worker", "-Q", "nepi.pool",
+    cmd = [sys.executable, "-m", "celery", "-A", "nepi_dist.engine.startup", "worker", "-Q", "nepi.pool",
            "--pool", "threads", "-c", "4", "--without-gossip", "--without-mingle", "-l", "WARNING"]
     proc = subprocess.Popen(cmd, env=env, cwd=str(ROOT))
     try:

@@ -41,7 +41,7 @@ from nepi_dist import (
     Types,
 )
 from nepi_dist.errors import NepiError, TimeFormatError
-from nepi_dist.timefuncs import delay_seconds, due_in, timeout_seconds
+from nepi_dist.model.timefuncs import delay_seconds, due_in, timeout_seconds
 
 from .test_bad_input import changed_keys, run_snapshot
 

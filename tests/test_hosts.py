@@ -14,11 +14,11 @@ import pytest
 import redis
 
 from nepi_dist import ExperimentController, ResourceState
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
+from nepi_dist.engine.heartbeat import live_workers
+from nepi_dist.engine.keys import worker_pattern
+from nepi_dist.engine.routing import POOL_QUEUE, host_queue
 from nepi_dist.errors import NoWorkerError, UnknownTraceError
-from nepi_dist.keys import worker_pattern
-from nepi_dist.routing import POOL_QUEUE, host_queue
-from nepi_dist.workers import live_workers
 
 from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
 

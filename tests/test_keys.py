@@ -1,4 +1,4 @@
-"""Key names: one prefix with a Redis Cluster hash tag per run, built by nepi_dist.keys."""
+"""Key names: one prefix with a Redis Cluster hash tag per run, built by nepi_dist.engine.keys."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from redis.crc import key_slot
 
 from nepi_dist import ExperimentController, ResourceAction, ResourceState
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
+from nepi_dist.engine.keys import Keys, check_id, worker_key, worker_pattern
 from nepi_dist.errors import ExperimentIdError, UnknownGuidError
-from nepi_dist.keys import Keys, check_id, worker_key, worker_pattern
 
 #: Keys a run may leave outside its prefix: Celery/kombu's own, worker heartbeats, the list of live runs.
 CELERY_OR_WORKER = re.compile(

@@ -69,7 +69,7 @@ def test_ping_traces_answer_all_stream_path_and_size(ec: ExperimentController, n
 def test_a_client_started_on_server_started_reads_what_the_server_sent(
     ec: ExperimentController, node: int
 ) -> None:
-    from nepi_dist.embedded import free_port
+    from nepi_dist.engine.embedded import free_port
 
     port = free_port()
     server = app(ec, node, f"echo 'hello from the server' | nc -l -q 1 127.0.0.1 {port} || "
@@ -154,7 +154,7 @@ def test_an_application_without_a_command_goes_straight_to_stopped(ec: Experimen
 
 
 def test_an_unreachable_ssh_host_fails_with_the_ssh_error_and_spares_the_others(ec: ExperimentController) -> None:
-    from nepi_dist.embedded import free_port
+    from nepi_dist.engine.embedded import free_port
 
     bad = ec.register_resource("linux::Node")
     ec.set(bad, "hostname", "127.0.0.1")
@@ -227,7 +227,7 @@ def test_traceroute_reaches_the_loopback_target(ec: ExperimentController) -> Non
 
 
 def test_an_iperf3_client_measures_udp_throughput_against_a_server(ec: ExperimentController) -> None:
-    from nepi_dist.embedded import free_port
+    from nepi_dist.engine.embedded import free_port
 
     port = free_port()
     node = ec.register_resource("linux::Node")

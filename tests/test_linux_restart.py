@@ -6,7 +6,7 @@ import signal
 import subprocess
 
 from nepi_dist import ExperimentController, ResourceState
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
 
 from .conftest import start_worker_process, stop_process, wait_for_workers
 

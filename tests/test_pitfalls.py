@@ -34,11 +34,11 @@ from celery.contrib.testing.worker import start_worker
 from packaging.requirements import Requirement
 
 from nepi_dist import ExperimentController, ResourceFactory, ResourceManager, ResourceState
-from nepi_dist.app import settings
-from nepi_dist.context import ACTION_TASK
-from nepi_dist.embedded import EmbeddedRedis
-from nepi_dist.keys import worker_key
-from nepi_dist.routing import POOL_QUEUE
+from nepi_dist.engine.celery_app import settings
+from nepi_dist.engine.context import ACTION_TASK
+from nepi_dist.engine.embedded import EmbeddedRedis
+from nepi_dist.engine.keys import worker_key
+from nepi_dist.engine.routing import POOL_QUEUE
 
 from .conftest import ROOT, connected, stop_process, wait_for_workers
 

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from nepi_dist import ExperimentController, ResourceState
-from nepi_dist.embedded import EmbeddedRedis
-from nepi_dist.keys import RUNS_KEY, Keys, run_member
+from nepi_dist.engine.embedded import EmbeddedRedis
+from nepi_dist.engine.keys import RUNS_KEY, Keys, run_member
 
 from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
 from .rms import Plain

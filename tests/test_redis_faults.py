@@ -23,11 +23,11 @@ import pytest
 import redis
 
 from nepi_dist import ExperimentController, ResourceState
-from nepi_dist.connection import redis_client
-from nepi_dist.embedded import EmbeddedRedis, free_port
+from nepi_dist.engine.connection import redis_client
+from nepi_dist.engine.embedded import EmbeddedRedis, free_port
+from nepi_dist.engine.keys import RUNS_KEY, Keys
+from nepi_dist.engine.store import Store
 from nepi_dist.errors import RedisConfigError, RedisUnavailableError
-from nepi_dist.keys import RUNS_KEY, Keys
-from nepi_dist.store import Store
 
 from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
 from .rms import Plain, TwoStep

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from nepi_dist import ExperimentController, FailureLevel, ResourceState
-from nepi_dist.context import RunContext
-from nepi_dist.embedded import EmbeddedRedis, free_port
-from nepi_dist.resource import ResourceFactory
+from nepi_dist.engine.context import RunContext
+from nepi_dist.engine.embedded import EmbeddedRedis, free_port
+from nepi_dist.model.resource import ResourceFactory
 from nepi_dist.resources.linux.application import LinuxApplication
 
 from .conftest import SSHServer, start_worker_process, stop_process, wait_for_workers

@@ -25,7 +25,7 @@ from nepi_dist import (
     clsinit_copy,
 )
 from nepi_dist import errors as errors_module
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
 from nepi_dist.errors import (
     NepiError,
     UnknownAttributeError,

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from nepi_dist import ExperimentController, TaskStatus
-from nepi_dist.scheduler import RemoteTask, Task
-from nepi_dist.timefuncs import format_date
+from nepi_dist.engine.scheduler import RemoteTask, Task
+from nepi_dist.model.timefuncs import format_date
 
 
 def settled(ec: ExperimentController, tid: Any, timeout: float = 10.0) -> Task | RemoteTask:

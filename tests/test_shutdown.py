@@ -18,7 +18,7 @@ from nepi_dist import (
     ResourceAction,
     ResourceState,
 )
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
 
 
 def node_and_app(ec: ExperimentController) -> tuple[int, int]:

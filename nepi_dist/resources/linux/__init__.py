@@ -1,7 +1,7 @@
 """NEPI's Linux resource managers: hosts, applications and the tools built on them."""
 
-from .application import LinuxApplication
-from .node import LinuxNode
-from .tools import LinuxPing, LinuxTcpdump, LinuxTraceroute, LinuxUdpTest
+from nepi_dist.resources.linux.application import LinuxApplication
+from nepi_dist.resources.linux.node import LinuxNode
+from nepi_dist.resources.linux.tools import LinuxPing, LinuxTcpdump, LinuxTraceroute, LinuxUdpTest
 
 __all__ = ["LinuxApplication", "LinuxNode", "LinuxPing", "LinuxTcpdump", "LinuxTraceroute", "LinuxUdpTest"]

@@ -18,13 +18,13 @@ import shlex
 import urllib.request
 from typing import Any
 
-from ...attribute import Attribute, Flags, Types
-from ...errors import UnknownTraceError
-from ...resource import ResourceManager
-from ...state import ResourceState
-from ...trace import Trace, TraceAttr
-from . import watcher
-from .node import LinuxNode
+from nepi_dist.errors import UnknownTraceError
+from nepi_dist.model.attribute import Attribute, Flags, Types
+from nepi_dist.model.resource import ResourceManager
+from nepi_dist.model.state import ResourceState
+from nepi_dist.model.trace import Trace, TraceAttr
+from nepi_dist.resources.linux import watcher
+from nepi_dist.resources.linux.node import LinuxNode
 
 _TRACE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 

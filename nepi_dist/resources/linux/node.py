@@ -5,11 +5,11 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from ...attribute import Attribute, Flags, Types
-from ...resource import ResourceManager
-from ...routing import DEFAULT_WORKER_WAIT, WORKER_WAIT, this_worker_host
-from ...state import ResourceState
-from .shell import HostSpec, Result, Shell, shell_for
+from nepi_dist.engine.routing import DEFAULT_WORKER_WAIT, WORKER_WAIT, this_worker_host
+from nepi_dist.model.attribute import Attribute, Flags, Types
+from nepi_dist.model.resource import ResourceManager
+from nepi_dist.model.state import ResourceState
+from nepi_dist.resources.linux.shell import HostSpec, Result, Shell, shell_for
 
 
 def _ere_literal(text: str) -> str:

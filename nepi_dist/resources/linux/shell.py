@@ -16,7 +16,7 @@ import subprocess
 import threading
 from typing import Protocol
 
-from ...errors import NepiError
+from nepi_dist.errors import NepiError
 
 #: Concurrent SSH channels per connection (sshd's default MaxSessions is 10).
 MAX_CHANNELS = 8

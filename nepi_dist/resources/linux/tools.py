@@ -10,9 +10,9 @@ from __future__ import annotations
 import shlex
 from typing import ClassVar
 
-from ...attribute import Attribute, Flags, Types
-from ...trace import Trace
-from .application import LinuxApplication
+from nepi_dist.model.attribute import Attribute, Flags, Types
+from nepi_dist.model.trace import Trace
+from nepi_dist.resources.linux.application import LinuxApplication
 
 #: One option: (attribute name, flag, type, help).  Bool options are bare flags.
 Option = tuple[str, str, Types, str]

@@ -7,7 +7,7 @@ number of applications on that host.  Either way the RM hears of the exit
 within a second, through :meth:`LinuxApplication.on_exit`.
 
 Every watched application is also recorded in Redis (``nepi:watch``, see
-:mod:`nepi_dist.keys`) with the id of the worker watching it.  A worker
+:mod:`nepi_dist.engine.keys`) with the id of the worker watching it.  A worker
 adopts entries whose watcher's heartbeat expired, so an application keeps
 being watched when the worker that started it is restarted.
 """
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ...keys import WATCH_KEY, worker_key
-from .shell import HostSpec, shell_for
+from nepi_dist.engine.keys import WATCH_KEY, worker_key
+from nepi_dist.resources.linux.shell import HostSpec, shell_for
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from ...context import RunContext
+    from nepi_dist.engine.context import RunContext
 
 log = logging.getLogger("nepi_dist.watcher")
 
@@ -67,7 +67,7 @@ class Watcher:
     """The watcher thread of one worker process."""
 
     def __init__(self, app: Celery) -> None:
-        from ...tasks import runtime_of
+        from nepi_dist.engine.tasks import runtime_of
 
         self._app = app
         self._runtime = runtime_of(app)

@@ -12,7 +12,7 @@ Settings chosen against the known Celery + Redis pitfalls (see README):
   past the visibility timeout (no duplicate delivery) and far-future work
   never piles up in one worker's memory;
 * ``worker_prefetch_multiplier=1``: a worker reserves one due task at a time;
-* every worker runs the :class:`~nepi_dist.hub.TimerCatchUp` step: ETA tasks
+* every worker runs the :class:`~nepi_dist.engine.eventloop.TimerCatchUp` step: ETA tasks
   due together run at once, not 10 per second;
 * a lost broker is retried for ever, with kombu's backoff (2 s, 4 s, ... up to
   30 s between attempts), at start-up and after a connection loss
@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-from .routing import POOL_QUEUE
+from nepi_dist.engine.routing import POOL_QUEUE
 
 REDIS_URL_ENV = "NEPI_DIST_REDIS_URL"
 VISIBILITY_ENV = "NEPI_DIST_VISIBILITY_TIMEOUT"
@@ -48,7 +48,7 @@ DEFAULT_NTHREADS = 50
 #: failure-manager and scheduler threads; the rest is headroom.
 SPARE_CONNECTIONS = 16
 
-log = logging.getLogger("nepi_dist.app")
+log = logging.getLogger("nepi_dist.engine.celery_app")
 
 
 def default_threads() -> int:
@@ -67,7 +67,7 @@ def default_threads() -> int:
 
 def worker_threads(concurrency: int) -> int:
     """Return the threads of a worker of ``concurrency`` that run actions: its Celery threads and
-    as many batch threads (:attr:`nepi_dist.tasks.WorkerRuntime.batch_pool`)."""
+    as many batch threads (:attr:`nepi_dist.engine.tasks.WorkerRuntime.batch_pool`)."""
     return 2 * max(1, concurrency)
 
 
@@ -75,7 +75,7 @@ def redis_pool_size(threads: int) -> int:
     """Return the ``max_connections`` of a redis-py pool that ``threads`` threads use for the store.
 
     Every thread that touches a run's store keeps one connection of the pool
-    for itself (:attr:`nepi_dist.store.Store.client`, a single-connection
+    for itself (:attr:`nepi_dist.engine.store.Store.client`, a single-connection
     client per thread) and borrows a second one while it runs a pipeline
     (redis-py pipelines take their own connection from the pool).  Hence
     two per thread, and :data:`SPARE_CONNECTIONS` for the helper threads.
@@ -114,7 +114,7 @@ def grow_redis_pool(client: Any, threads: int) -> None:
     """Let ``client``'s redis-py pool hold :func:`redis_pool_size` (``threads``) connections.
 
     For a client made before its process knew its threads (the worker
-    runtime's, :func:`nepi_dist.connection.redis_client`, whose fixed bound
+    runtime's, :func:`nepi_dist.engine.connection.redis_client`, whose fixed bound
     ``POOL_SIZE`` covers up to ~1000 worker threads): it only ever raises
     the pool's bound, never lowers it.
     """
@@ -173,7 +173,7 @@ class RedisTransport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`_RedisChannel`; the broker of every nepi_dist app on ``redis://``.
 
     Chosen with Celery's ``broker_transport`` (a class path), so kombu names
-    the broker ``nepi_dist.app:RedisTransport://host:port/db`` in its logs.
+    the broker ``nepi_dist.engine.celery_app:RedisTransport://host:port/db`` in its logs.
     ``rediss://`` and sentinel URLs keep kombu's own transport: giving them
     this one would drop the TLS defaults kombu derives from the scheme.
     """
@@ -255,8 +255,8 @@ def settings(redis_url: str, **overrides: Any) -> dict[str, Any]:
 
 def create_app(redis_url: str | None = None, **overrides: Any) -> Celery:
     """Return a Celery app on ``redis_url`` (default: $NEPI_DIST_REDIS_URL) with nepi's tasks."""
-    from .hub import TimerCatchUp
-    from .tasks import register_tasks
+    from nepi_dist.engine.eventloop import TimerCatchUp
+    from nepi_dist.engine.tasks import register_tasks
 
     url = redis_url or os.environ.get(REDIS_URL_ENV) or "redis://127.0.0.1:6379/0"
     app = NepiCelery("nepi_dist", set_as_current=False)

@@ -1,6 +1,6 @@
 """Worker start-up: the app an external worker serves, and the RM types it knows.
 
-``celery -A nepi_dist.worker worker -Q nepi.pool`` and ``nepi-dist worker``
+``celery -A nepi_dist.engine.startup worker -Q nepi.pool`` and ``nepi-dist worker``
 run the same app.  RM types come only from code the operator named: entry
 points in the ``nepi_dist.resources`` group, and modules listed in
 ``$NEPI_DIST_RM_MODULES`` (comma separated) or ``--rm-module``.  A message
@@ -15,13 +15,13 @@ import os
 
 from celery import signals
 
-from .app import create_app, grow_redis_pool, size_for_threads, worker_threads
-from .resource import ResourceFactory, ResourceRegistry
+from nepi_dist.engine.celery_app import create_app, grow_redis_pool, size_for_threads, worker_threads
+from nepi_dist.model.resource import ResourceFactory, ResourceRegistry
 
 RM_MODULES_ENV = "NEPI_DIST_RM_MODULES"
 ENTRY_POINT_GROUP = "nepi_dist.resources"
 
-log = logging.getLogger("nepi_dist.worker")
+log = logging.getLogger("nepi_dist.engine.startup")
 
 
 def load_resource_types(modules: list[str], registry: ResourceRegistry = ResourceFactory) -> list[str]:
@@ -50,14 +50,14 @@ def _start_watching(sender: object = None, **_: object) -> None:
     """Before this app's worker runs a task: size its runtime's Redis pool for the worker's
     threads, and start adopting applications whose watcher died (e.g. the worker before a restart).
 
-    ``nepi-dist worker`` has sized the app already; ``celery -A nepi_dist.worker
+    ``nepi-dist worker`` has sized the app already; ``celery -A nepi_dist.engine.startup
     worker -c N`` has not (Celery keeps ``-c`` on the worker, not in the app's
     settings), so the threads come from the worker the signal is about.
     """
     if getattr(sender, "app", app) is not app:
         return  # another app's worker (an embedded one) in this process
-    from .resources.linux.watcher import watcher_for
-    from .tasks import runtime_of
+    from nepi_dist.engine.tasks import runtime_of
+    from nepi_dist.resources.linux.watcher import watcher_for
 
     threads = int(app.conf.worker_concurrency or 0)
     if not threads:

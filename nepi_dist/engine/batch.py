@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from .store import Dispatch
+from nepi_dist.engine.store import Dispatch
 
 if TYPE_CHECKING:
-    from .context import RunContext
+    from nepi_dist.engine.context import RunContext
 
 #: The Celery task that runs several RM actions due together on one queue.
 BATCH_TASK = "nepi.batch"

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ExperimentIdError
+from nepi_dist.errors import ExperimentIdError
 
 ROOT = "nepi"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

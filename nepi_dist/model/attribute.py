@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import AttributeValueError, shown
+from nepi_dist.errors import AttributeValueError, shown
 
 #: An Integer attribute holds a signed 64-bit value: what JSON, Redis and the tools
 #: reading it agree on (a larger int may not even convert to text: 4,300 digits).

@@ -18,14 +18,14 @@ import tempfile
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .app import grow_redis_pool, size_for_threads, worker_threads
-from .errors import NepiError
-from .routing import POOL_QUEUE
+from nepi_dist.engine.celery_app import grow_redis_pool, size_for_threads, worker_threads
+from nepi_dist.engine.routing import POOL_QUEUE
+from nepi_dist.errors import NepiError
 
 if TYPE_CHECKING:
     from celery import Celery
 
-log = logging.getLogger("nepi_dist.embedded")
+log = logging.getLogger("nepi_dist.engine.embedded")
 
 
 def redis_server_binary() -> str:
@@ -208,7 +208,7 @@ class EmbeddedWorker:
         The runtime's heartbeat tells controllers that the pool queue has a
         live worker from now on.
         """
-        from .tasks import runtime_of
+        from nepi_dist.engine.tasks import runtime_of
 
         try:
             grow_redis_pool(runtime_of(self.app).client, worker_threads(self.concurrency))

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .context import RunContext
+    from nepi_dist.engine.context import RunContext
 
 #: The queue served by every pool worker.
 POOL_QUEUE = "nepi.pool"

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import redis
 
-from .attribute import Attribute, Flags, Types
-from .errors import (
+from nepi_dist.errors import (
     ArgumentTypeError,
     ConditionError,
     UnknownAttributeError,
@@ -28,13 +27,14 @@ from .errors import (
     UnknownTraceError,
     shown,
 )
-from .state import ResourceAction, ResourceState
-from .timefuncs import delay_seconds
-from .trace import Trace, TraceAttr, check_trace_args
+from nepi_dist.model.attribute import Attribute, Flags, Types
+from nepi_dist.model.state import ResourceAction, ResourceState
+from nepi_dist.model.timefuncs import delay_seconds
+from nepi_dist.model.trace import Trace, TraceAttr, check_trace_args
 
 if TYPE_CHECKING:
-    from .context import RunContext
-    from .store import CheckResult, Store
+    from nepi_dist.engine.context import RunContext
+    from nepi_dist.engine.store import CheckResult, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)

@@ -4,7 +4,7 @@ Transitions maintain the run's failure level and push the failing guid on
 the run's alarm list; the manager blocks on that one key (no scan of the
 resources).  On alarm it tells the user and drops and revokes every pending
 action of the run.  It only watches: the workers' keepers
-(:mod:`nepi_dist.keeper`) revoke an aborted run's actions, publish its timers
+(:mod:`nepi_dist.engine.keeper`) revoke an aborted run's actions, publish its timers
 and re-send its outbox whether or not a controller is attached, and workers
 refuse any action of an aborted run, so a task a revoke missed still does
 nothing.  Dropping is one atomic step, so a keeper and this manager doing it
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import redis
 
 if TYPE_CHECKING:
-    from .context import RunContext
+    from nepi_dist.engine.context import RunContext
 
 SHUTDOWN = "shutdown"
 
@@ -34,7 +34,7 @@ class FailureManager:
         self._poll = poll
         self._stop = threading.Event()
         self._aborted = False
-        self._log = logging.getLogger("nepi_dist.failure")
+        self._log = logging.getLogger("nepi_dist.engine.failure")
         self._thread = threading.Thread(target=self._loop, name="nepi-failure", daemon=True)
 
     def start(self) -> FailureManager:

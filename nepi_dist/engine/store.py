@@ -23,9 +23,9 @@ from typing import Any
 
 import redis
 
-from .errors import ControllerClosedError, UnknownGuidError
-from .keys import RUNS_KEY, Keys, worker_key
-from .scripts import (
+from nepi_dist.engine.heartbeat import HEARTBEAT_TTL
+from nepi_dist.engine.keys import RUNS_KEY, Keys, worker_key
+from nepi_dist.engine.lua import (
     CHECK,
     CLAIM,
     DROP,
@@ -39,7 +39,7 @@ from .scripts import (
     TRANSITION,
     UNCLAIM,
 )
-from .workers import HEARTBEAT_TTL
+from nepi_dist.errors import ControllerClosedError, UnknownGuidError
 
 
 class FailureLevel:

@@ -5,7 +5,7 @@ Redis Cluster slot.  States are NEPI's integers (READY 3, FAILED 7, RELEASED 8).
 
 Every script is idempotent under a replay: a client whose connection broke
 after Redis ran a script, before the reply came, sends it again with the same
-arguments (:mod:`nepi_dist.connection`), and the second run changes nothing
+arguments (:mod:`nepi_dist.engine.connection`), and the second run changes nothing
 more.  A transition and a claim carry a token for that; the others are
 naturally so (a set, a compare-and-set, a member already added).
 """

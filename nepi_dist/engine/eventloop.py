@@ -12,8 +12,8 @@ tasks left after an abort, is drained seconds late.
 :class:`TimerCatchUp` is a worker bootstep that wraps the hub's
 ``fire_timers``: when a timer is still due after an iteration fired its share,
 the loop comes straight back (poll timeout 0) instead of sleeping.  Every
-nepi_dist app adds it (:func:`nepi_dist.app.create_app`), so ``nepi-dist
-worker``, ``celery -A nepi_dist.worker worker`` and the embedded worker all
+nepi_dist app adds it (:func:`nepi_dist.engine.celery_app.create_app`), so ``nepi-dist
+worker``, ``celery -A nepi_dist.engine.startup worker`` and the embedded worker all
 run with it.
 """
 

@@ -25,21 +25,21 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery.exceptions import Reject
 
-from .batch import BATCH_TASK, BUFFER_SPREAD, SendBuffer, run_in_buffer
-from .connection import check_no_eviction, redis_client
-from .context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
-from .errors import ActionError, UnknownResourceTypeError
-from .keeper import Keeper
-from .keys import worker_key
-from .resource import ResourceFactory, ResourceRegistry
-from .routing import POOL_QUEUE, this_worker_host
-from .store import Store
-from .workers import HEARTBEAT_EVERY, HEARTBEAT_TTL, beat, clear_dead_in_my_space
+from nepi_dist.engine.batch import BATCH_TASK, BUFFER_SPREAD, SendBuffer, run_in_buffer
+from nepi_dist.engine.connection import check_no_eviction, redis_client
+from nepi_dist.engine.context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
+from nepi_dist.engine.heartbeat import HEARTBEAT_EVERY, HEARTBEAT_TTL, beat, clear_dead_in_my_space
+from nepi_dist.engine.keeper import Keeper
+from nepi_dist.engine.keys import worker_key
+from nepi_dist.engine.routing import POOL_QUEUE, this_worker_host
+from nepi_dist.engine.store import Store
+from nepi_dist.errors import ActionError, UnknownResourceTypeError
+from nepi_dist.model.resource import ResourceFactory, ResourceRegistry
 
 if TYPE_CHECKING:
     from celery import Celery
 
-log = logging.getLogger("nepi_dist.worker")
+log = logging.getLogger("nepi_dist.engine.startup")
 
 #: Batch threads of a worker process whose Celery concurrency is unknown.
 BATCH_THREADS = 16
@@ -248,7 +248,7 @@ def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[s
     Each action keeps its own claim, so a batch delivered again (its worker
     died) runs only what is not done yet.  The items run on the runtime's
     batch threads while this thread publishes what they send (see
-    :mod:`nepi_dist.batch`) and waits for them (local futures, not Celery
+    :mod:`nepi_dist.engine.batch`) and waits for them (local futures, not Celery
     results): the message is acknowledged only once every action is done.
     """
     rt = runtime_of(app)
@@ -324,7 +324,7 @@ def _is_setup_error(exc: Exception) -> bool:
 
 def _fail_resource(ctx: RunContext, guid: int, message: str) -> None:
     """Fail an RM whose action this worker cannot run at all (unknown type or method)."""
-    from .state import ResourceState
+    from nepi_dist.model.state import ResourceState
 
     try:
         ctx.store.set_fields(guid, {"err": message})

@@ -19,10 +19,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .attribute import Flags
-from .batch import BATCH_SPREAD, BATCH_TASK, batches, current_buffer
-from .connection import outage_bound
-from .errors import (
+from nepi_dist.engine.batch import BATCH_SPREAD, BATCH_TASK, batches, current_buffer
+from nepi_dist.engine.connection import outage_bound
+from nepi_dist.engine.heartbeat import live_queues
+from nepi_dist.engine.routing import POOL_QUEUE, host_queue, queue_for, route_many, this_worker_host
+from nepi_dist.engine.store import CheckResult, Dispatch, FailureLevel, Payload, Store
+from nepi_dist.errors import (
     ActionError,
     ArgumentTypeError,
     ConditionError,
@@ -35,13 +37,11 @@ from .errors import (
     UnknownGuidError,
     shown,
 )
-from .resource import ResourceManager, ResourceRegistry, check_action, check_name
-from .routing import POOL_QUEUE, host_queue, queue_for, route_many, this_worker_host
-from .state import ResourceAction, ResourceState, ResourceState2str, state_from
-from .store import CheckResult, Dispatch, FailureLevel, Payload, Store
-from .timefuncs import delay_seconds, due_in
-from .trace import check_trace_args
-from .workers import live_queues
+from nepi_dist.model.attribute import Flags
+from nepi_dist.model.resource import ResourceManager, ResourceRegistry, check_action, check_name
+from nepi_dist.model.state import ResourceAction, ResourceState, ResourceState2str, state_from
+from nepi_dist.model.timefuncs import delay_seconds, due_in
+from nepi_dist.model.trace import check_trace_args
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -384,7 +384,7 @@ class RunContext:
 
         Actions bound for the same queue at the same moment (the deploys of one
         ``ec.deploy``, the starts a deployment group releases, a release) travel
-        in batches: see :mod:`nepi_dist.batch`.
+        in batches: see :mod:`nepi_dist.engine.batch`.
         """
         if not items:
             return

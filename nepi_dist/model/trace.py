@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ArgumentTypeError, ArgumentValueError, shown
+from nepi_dist.errors import ArgumentTypeError, ArgumentValueError, shown
 
 
 class TraceAttr:

@@ -7,7 +7,7 @@ failed, every pending action must be dropped and revoked.  None of it needs
 the controller, whose process may be gone (a laptop closed after deploy):
 
 * every worker process runs one :class:`Keeper` thread;
-* the runs not yet released are listed in ``nepi:runs`` (:data:`~nepi_dist.keys.RUNS_KEY`);
+* the runs not yet released are listed in ``nepi:runs`` (:data:`~nepi_dist.engine.keys.RUNS_KEY`);
 * for each, the keeper that holds the run's lease (``P:keeper``, taken when
   free, renewed every sweep) keeps it; when its worker dies or stalls, the
   lease runs out and another worker's keeper takes over.
@@ -15,7 +15,7 @@ the controller, whose process may be gone (a laptop closed after deploy):
 The work of one sweep is idempotent (timers move to the outbox atomically, a
 re-sent action's claim makes a second delivery a no-op, dropping the pending
 set is one step), so even two keepers at once would do no harm.  The
-controller's :class:`~nepi_dist.failure.FailureManager` only watches: it
+controller's :class:`~nepi_dist.engine.failure.FailureManager` only watches: it
 reports a failure to the user at once and revokes quickly, which a keeper
 would do within one sweep anyway.
 """
@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from .keys import RUNS_KEY, parse_run_member
-from .store import FailureLevel
+from nepi_dist.engine.keys import RUNS_KEY, parse_run_member
+from nepi_dist.engine.store import FailureLevel
 
 if TYPE_CHECKING:
-    from .context import RunContext
-    from .tasks import WorkerRuntime
+    from nepi_dist.engine.context import RunContext
+    from nepi_dist.engine.tasks import WorkerRuntime
 
-log = logging.getLogger("nepi_dist.keeper")
+log = logging.getLogger("nepi_dist.engine.keeper")
 
 #: Seconds between two sweeps of the runs.
 KEEP_EVERY = 0.5

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from .keys import worker_key, worker_pattern
+from nepi_dist.engine.keys import worker_key, worker_pattern
 
 #: Seconds a heartbeat outlives its last renewal.
 HEARTBEAT_TTL = 15

@@ -15,7 +15,7 @@ answers nothing at all.  Both are ridden out:
 
 A command may still reach Redis twice (the connection broke after Redis ran
 it, before the reply arrived): every script of the store is written to be
-idempotent under such a replay (see :mod:`nepi_dist.scripts`).  Past the
+idempotent under such a replay (see :mod:`nepi_dist.engine.lua`).  Past the
 bound, the redis-py error propagates; the controller's API turns it into
 :class:`~nepi_dist.errors.RedisUnavailableError`.
 """
@@ -32,7 +32,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from .errors import RedisConfigError
+from nepi_dist.errors import RedisConfigError
 
 OUTAGE_ENV = "NEPI_DIST_REDIS_OUTAGE"
 DEFAULT_OUTAGE = 60.0

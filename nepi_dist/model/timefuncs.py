@@ -13,7 +13,7 @@ import math
 import re
 import time
 
-from .errors import TimeFormatError, shown
+from nepi_dist.errors import TimeFormatError, shown
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(h|m|s|ms|us)$")
 _ABSOLUTE = re.compile(r"^\d{20}$")
@@ -92,7 +92,7 @@ def due_in(date: str | float | int | None, now: float | None = None) -> float:
     """Return the seconds from ``now`` until ``date`` (relative or absolute), never < 0.
 
     A far date (year 9999) is a large but finite delay: what waits on it must
-    cap each sleep (see :class:`~nepi_dist.scheduler.LocalScheduler`).
+    cap each sleep (see :class:`~nepi_dist.engine.scheduler.LocalScheduler`).
     """
     if isinstance(date, str) and _ABSOLUTE.fullmatch(date):
         now = time.time() if now is None else now
