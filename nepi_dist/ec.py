@@ -214,7 +214,7 @@ class ExperimentController(RunContext):
     def register_resource(self, rtype: str, guid: int | None = None) -> int:
         """Register an RM of type ``rtype``; return its guid (an int in [1, 2**53))."""
         self._writable()
-        self._registry.get_resource_type(check_name(rtype, "resource type"))
+        rtype = self._registry.canonical(check_name(rtype, "resource type"))
         if guid is not None:
             guid = check_guid(guid)
         new = self._store.register(rtype, guid)

@@ -478,3 +478,44 @@ def test_the_public_enums_keep_nepis_values() -> None:
     assert (ta.ALL, ta.STREAM, ta.PATH, ta.SIZE) == ("all", "stream", "path", "size")
     assert {t.name for t in Types} == {"String", "Bool", "Enumerate", "Double", "Integer"}
     assert {"NoFlags", "ReadOnly", "ExecReadOnly", "Credential", "Filter"} <= set(Flags.__members__)
+
+
+def test_an_alias_finds_its_type_and_is_listed_apart_from_the_types() -> None:
+    class Aliased(ResourceManager):
+        _rtype = "ResourceModel.Aliased"
+        _aliases = ("ResourceModelAliased",)
+
+    class AliasedChild(Aliased):
+        _rtype = "ResourceModel.AliasedChild"
+
+    registry = ResourceRegistry(entry_points=False)
+    registry.register_type(Aliased)
+    registry.register_type(AliasedChild)
+    assert registry.get_resource_type("ResourceModelAliased") is Aliased
+    assert registry.canonical("ResourceModelAliased") == "ResourceModel.Aliased"
+    assert list(registry.resource_types()) == ["ResourceModel.Aliased", "ResourceModel.AliasedChild"]
+    assert registry.aliases() == {"ResourceModelAliased": "ResourceModel.Aliased"}
+    assert AliasedChild.aliases() == ()
+
+
+def test_an_alias_that_names_another_type_is_refused() -> None:
+    class First(ResourceManager):
+        _rtype = "ResourceModel.First"
+
+    class Squatter(ResourceManager):
+        _rtype = "ResourceModel.Squatter"
+        _aliases = ("ResourceModel.First",)
+
+    registry = ResourceRegistry(entry_points=False)
+    registry.register_type(First)
+    with pytest.raises(TypeError, match=r"already the type 'ResourceModel\.First'"):
+        registry.register_type(Squatter)
+    assert registry.resource_types() == {"ResourceModel.First": First}
+
+
+def test_nepi_type_names_resolve_to_the_linux_types() -> None:
+    from nepi_dist.resources.linux import LinuxApplication, LinuxNode, LinuxPing
+
+    assert ResourceFactory.get_resource_type("LinuxNode") is LinuxNode
+    assert ResourceFactory.get_resource_type("LinuxApplication") is LinuxApplication
+    assert ResourceFactory.canonical("LinuxPing") == LinuxPing.rtype() == "linux::Ping"

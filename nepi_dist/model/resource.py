@@ -101,6 +101,9 @@ class ResourceManager:
     """
 
     _rtype: ClassVar[str] = "Resource"
+    #: Other names of this type (NEPI's, e.g. ``LinuxNode``): they resolve to ``_rtype``.
+    #: Only the class that declares them has them; a subclass names its own.
+    _aliases: ClassVar[tuple[str, ...]] = ()
     _help: ClassVar[str] = ""
     _platform: ClassVar[str] = ""
     _attributes: ClassVar[dict[str, Attribute]] = {}
@@ -153,6 +156,11 @@ class ResourceManager:
         return cls._rtype
 
     get_rtype = rtype
+
+    @classmethod
+    def aliases(cls) -> tuple[str, ...]:
+        """The other names this type is found by (its own declaration, not its parent's)."""
+        return tuple(vars(cls).get("_aliases", ()))
 
     @classmethod
     def get_attributes(cls) -> list[Attribute]:
@@ -358,7 +366,8 @@ class ResourceManager:
         rms = [self._ec.get_resource(g) for g in sorted(self.connections)]
         if rtype is None:
             return rms
-        return [rm for rm in rms if rm.rtype() == rtype]
+        wanted = {rtype} | {rm.rtype() for rm in rms if rtype in rm.aliases()}
+        return [rm for rm in rms if rm.rtype() in wanted]
 
     # -- conditions ----------------------------------------------------------
 
@@ -680,17 +689,33 @@ class ResourceRegistry:
 
     def __init__(self, entry_points: bool = True) -> None:
         self._types: dict[str, type[ResourceManager]] = {}
+        self._aliases: dict[str, str] = {}
         self._load_entry_points = entry_points
 
     def register_type(self, rclass: type[ResourceManager]) -> type[ResourceManager]:
-        """Register ``rclass`` under its rtype (usable as a class decorator)."""
+        """Register ``rclass`` under its rtype and its aliases (usable as a class decorator)."""
         if not (isinstance(rclass, type) and issubclass(rclass, ResourceManager)):
             raise TypeError(f"{rclass!r} is not a ResourceManager subclass")
-        self._types[rclass.rtype()] = rclass
+        rtype = rclass.rtype()
+        for name in (rtype, *rclass.aliases()):
+            other = self._aliases.get(name, name if name in self._types else None)
+            if other is not None and other != rtype:
+                raise TypeError(f"{rclass.__name__}: the name {name!r} is already the type {other!r}")
+        self._types[rtype] = rclass
+        self._aliases.update(dict.fromkeys(rclass.aliases(), rtype))
         return rclass
 
     def resource_types(self) -> dict[str, type[ResourceManager]]:
+        """Every registered type once, by its own rtype (aliases: :meth:`aliases`)."""
         return dict(self._types)
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias with the rtype it names (``{"LinuxNode": "linux::Node", ...}``)."""
+        return dict(self._aliases)
+
+    def canonical(self, rtype: str) -> str:
+        """The rtype that ``rtype`` names: itself, or the type it is an alias of."""
+        return self.get_resource_type(rtype).rtype()
 
     def load_entry_points(self) -> None:
         """Register the RM types published in the ``nepi_dist.resources`` entry point group."""
@@ -709,10 +734,10 @@ class ResourceRegistry:
 
     def get_resource_type(self, rtype: str) -> type[ResourceManager]:
         check_name(rtype, "resource type")
-        if rtype not in self._types and self._load_entry_points:
+        if rtype not in self._types and rtype not in self._aliases and self._load_entry_points:
             self.load_entry_points()
         try:
-            return self._types[rtype]
+            return self._types[self._aliases.get(rtype, rtype)]
         except KeyError:
             raise UnknownResourceTypeError(
                 f"unknown resource type {rtype!r} (registered: {', '.join(sorted(self._types))})"

@@ -47,6 +47,7 @@ class LinuxApplication(ResourceManager):
     """A command run on the LinuxNode it is connected to."""
 
     _rtype = "linux::Application"
+    _aliases = ("LinuxApplication",)
     _help = "Runs an application on a Linux host"
     _platform = "linux"
 

@@ -26,6 +26,7 @@ class LinuxNode(ResourceManager):
     """
 
     _rtype = "linux::Node"
+    _aliases = ("LinuxNode",)
     _help = "Controls a Linux host reached locally or over SSH"
     _platform = "linux"
 

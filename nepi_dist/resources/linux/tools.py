@@ -58,6 +58,7 @@ class LinuxTool(LinuxApplication):
 
 class LinuxPing(LinuxTool):
     _rtype = "linux::Ping"
+    _aliases = ("LinuxPing",)
     _help = "Runs ping against a target"
     _binary = "ping"
     _package = "iputils-ping"
@@ -78,6 +79,7 @@ class LinuxPing(LinuxTool):
 
 class LinuxTraceroute(LinuxTool):
     _rtype = "linux::Traceroute"
+    _aliases = ("LinuxTraceroute",)
     _help = "Runs traceroute towards a target"
     _binary = "traceroute"
     _package = "traceroute"
@@ -95,6 +97,7 @@ class LinuxTcpdump(LinuxTool):
     """Captures packets into the ``pcap`` trace (a file in the run home)."""
 
     _rtype = "linux::Tcpdump"
+    _aliases = ("LinuxTcpdump",)
     _help = "Captures packets with tcpdump"
     _binary = "tcpdump"
     _package = "tcpdump"
@@ -121,6 +124,7 @@ class LinuxUdpTest(LinuxTool):
     """A throughput test with iperf3: server mode, or a client towards ``target``."""
 
     _rtype = "linux::UdpTest"
+    _aliases = ("LinuxUdpTest",)
     _help = "Measures UDP throughput with iperf3"
     _binary = "iperf3"
     _package = "iperf3"
