@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from nepi_dist.engine.celery_app import REDIS_URL_ENV, create_app, default_threads
-from nepi_dist.engine.connection import OUTAGE_ENV, check_no_eviction, durability_warning, outage_bound, redis_client
+from nepi_dist.engine.connection import check_no_eviction, durability_warning, redis_client, typed_error
 from nepi_dist.engine.context import MAX_GUID, RunContext, as_action, check_guid
 from nepi_dist.engine.embedded import EmbeddedRedis, EmbeddedWorker
 from nepi_dist.engine.failure import FailureManager
@@ -45,8 +45,6 @@ from nepi_dist.errors import (
     ECFailureError,
     GuidRangeError,
     ReadOnlyAttributeError,
-    RedisUnavailableError,
-    StoreError,
     WaitTimeoutError,
     shown,
 )
@@ -507,12 +505,8 @@ def _typed_redis_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise RedisUnavailableError(
-                f"Redis did not answer within {outage_bound():g}s (the bound ${OUTAGE_ENV} sets): {exc}"
-            ) from exc
         except redis.RedisError as exc:
-            raise StoreError(f"Redis refused a command: {exc}") from exc
+            raise typed_error(exc) from exc
 
     return wrapped
 

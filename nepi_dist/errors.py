@@ -113,6 +113,17 @@ class RedisConfigError(NepiError, RuntimeError):
     """Raised when the Redis given could lose a run's state (e.g. a maxmemory-policy that evicts keys)."""
 
 
+class RedisTLSError(StoreError, ConnectionError):
+    """Raised when TLS to Redis cannot work: the server's certificate is not signed by the CA
+    given (``ssl_ca_certs``) or names another host, the server refused this client's
+    certificate (or its lack of one), or the URL's TLS settings are malformed."""
+
+
+class RedisAuthError(StoreError, PermissionError):
+    """Raised when Redis refuses this client's user or password, or its ACL forbids a command,
+    a key or a channel the operation needs (see README, Security)."""
+
+
 def shown(value: object, limit: int = 60) -> str:
     """Return ``repr(value)`` cut to ``limit`` characters, for an error message.
 

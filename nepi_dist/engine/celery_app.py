@@ -18,7 +18,8 @@ Settings chosen against the known Celery + Redis pitfalls (see README):
   30 s between attempts), at start-up and after a connection loss
   (``broker_connection_max_retries=None``), and the Redis transport is
   :class:`RedisTransport`, whose channel survives being closed after Redis
-  went away (a worker otherwise exits when Redis restarts, see the class);
+  went away (a worker otherwise exits when Redis restarts, see the class),
+  over TLS as well (``rediss://``, certificates verified, host name checked);
 * the pools are sized from the threads that use them
   (:func:`redis_pool_size`, :func:`broker_pool_limit`).
 """
@@ -35,6 +36,7 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 
 from nepi_dist.engine.routing import POOL_QUEUE
+from nepi_dist.engine.tls import broker_ssl
 
 REDIS_URL_ENV = "NEPI_DIST_REDIS_URL"
 VISIBILITY_ENV = "NEPI_DIST_VISIBILITY_TIMEOUT"
@@ -174,8 +176,11 @@ class RedisTransport(kombu_redis.Transport):
 
     Chosen with Celery's ``broker_transport`` (a class path), so kombu names
     the broker ``nepi_dist.engine.celery_app:RedisTransport://host:port/db`` in its logs.
-    ``rediss://`` and sentinel URLs keep kombu's own transport: giving them
-    this one would drop the TLS defaults kombu derives from the scheme.
+    ``rediss://`` URLs use it too, with ``broker_use_ssl`` set from the URL's
+    query (:func:`nepi_dist.engine.tls.broker_ssl`): kombu derives TLS from the
+    scheme only for its own transport, and then without verification
+    (``CERT_NONE``) unless the query says otherwise.  Sentinel URLs keep
+    kombu's sentinel transport.
     """
 
     Channel = _RedisChannel
@@ -247,8 +252,9 @@ def settings(redis_url: str, **overrides: Any) -> dict[str, Any]:
         "nepi_eta_horizon": horizon,
         "nepi_visibility_timeout": visibility,
     }
-    if urlparse(redis_url).scheme == "redis":
+    if urlparse(redis_url).scheme in ("redis", "rediss"):
         conf["broker_transport"] = REDIS_TRANSPORT
+        conf["broker_use_ssl"] = broker_ssl(redis_url)  # None on redis://
     conf.update(overrides)
     return conf
 

@@ -32,7 +32,15 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from nepi_dist.errors import RedisConfigError
+from nepi_dist.engine.tls import check_url, tls_refusal
+from nepi_dist.errors import (
+    NepiError,
+    RedisAuthError,
+    RedisConfigError,
+    RedisTLSError,
+    RedisUnavailableError,
+    StoreError,
+)
 
 OUTAGE_ENV = "NEPI_DIST_REDIS_OUTAGE"
 DEFAULT_OUTAGE = 60.0
@@ -91,6 +99,8 @@ class OutageRetry(Retry):
             except self._supported_errors as error:
                 if is_retryable is not None and not is_retryable(error):
                     raise
+                if permanent_failure(error):
+                    raise
                 failures += 1
                 if with_failure_count:
                     fail(error, failures)
@@ -102,8 +112,43 @@ class OutageRetry(Retry):
                 time.sleep(min(self._backoff.compute(failures), left))
 
 
+def permanent_failure(error: BaseException) -> bool:
+    """Return True when ``error`` is a refusal that retrying cannot cure (TLS, a login)."""
+    return isinstance(error, redis.AuthenticationError) or tls_refusal(error) is not None
+
+
+def typed_error(error: redis.RedisError) -> NepiError:
+    """Return the nepi_dist error a redis-py ``error`` reaches the user as.
+
+    A refused TLS handshake is a :class:`RedisTLSError`, a refused login or
+    an ACL refusal (``NOPERM``) a :class:`RedisAuthError`, any other
+    connection error or timeout a :class:`RedisUnavailableError` (it lasted
+    past the outage bound), anything else a :class:`StoreError`.
+    """
+    refusal = tls_refusal(error)
+    if refusal is not None:
+        return RedisTLSError(
+            f"the TLS handshake with Redis was refused: {refusal}. Check ssl_ca_certs (the CA that signed the "
+            "server's certificate), the host name in the URL (it must be one the certificate names), and "
+            "ssl_certfile/ssl_keyfile when the server asks for a client certificate"
+        )
+    if isinstance(error, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
+        return RedisAuthError(f"Redis refused this client: {error}")
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return RedisUnavailableError(
+            f"Redis did not answer within {outage_bound():g}s (the bound ${OUTAGE_ENV} sets): {error}"
+        )
+    return StoreError(f"Redis refused a command: {error}")
+
+
 def redis_client(url: str, *, bound: float | None = None, decode_responses: bool = True) -> redis.Redis:
-    """Return a client on ``url`` that rides out restarts and stalls up to ``bound`` seconds."""
+    """Return a client on ``url`` that rides out restarts and stalls up to ``bound`` seconds.
+
+    A ``rediss://`` URL gives TLS with the certificates its query names
+    (:mod:`nepi_dist.engine.tls`); settings that cannot work raise
+    RedisTLSError here, before anything connects.
+    """
+    check_url(url)
     bound = outage_bound() if bound is None else bound
     return redis.Redis.from_url(
         url,
