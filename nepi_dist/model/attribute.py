@@ -44,6 +44,9 @@ class Flags(enum.IntFlag):
     Filter = 1 << 3
     #: Marks a design-time only attribute (kept for NEPI compatibility).
     Design = 1 << 4
+    #: A shell command run on the host as given: its value is a program, never quoted.  Every
+    #: other value that reaches a host's shell is quoted (README, Security).
+    Command = 1 << 5
 
 
 SetHook = Callable[[Any, Any], Any]

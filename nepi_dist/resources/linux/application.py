@@ -27,6 +27,7 @@ from nepi_dist.resources.linux import watcher
 from nepi_dist.resources.linux.node import LinuxNode
 
 _TRACE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _text_or_bytes(data: bytes) -> str | bytes:
@@ -55,7 +56,8 @@ class LinuxApplication(ResourceManager):
     def _register_attributes(cls) -> None:
         add = cls._register_attribute
         ro = Flags.ExecReadOnly
-        add(Attribute("command", "Command to execute (bash)", flags=ro))
+        cmd = Flags.ExecReadOnly | Flags.Command
+        add(Attribute("command", "Command to execute (bash)", flags=cmd))
         add(Attribute("env", "Environment: space-separated VAR=value pairs", flags=ro))
         add(Attribute("stdin", "Text given to the command's standard input", flags=ro))
         add(Attribute("sudo", "Run the command with sudo", type=Types.Bool, default=False, flags=ro))
@@ -65,9 +67,9 @@ class LinuxApplication(ResourceManager):
         add(Attribute("libs", "';'-separated local files uploaded to ${LIB}", flags=ro))
         add(Attribute("bins", "';'-separated local files uploaded to ${BIN}", flags=ro))
         add(Attribute("code", "Program text written to ${APP_HOME}/code", flags=ro))
-        add(Attribute("build", "Build command, run in ${APP_HOME} at deploy", flags=ro))
-        add(Attribute("install", "Install command, run in ${APP_HOME} after build", flags=ro))
-        add(Attribute("tearDown", "Command run at release", flags=ro))
+        add(Attribute("build", "Build command, run in ${APP_HOME} at deploy", flags=cmd))
+        add(Attribute("install", "Install command, run in ${APP_HOME} after build", flags=cmd))
+        add(Attribute("tearDown", "Command run at release", flags=cmd))
         add(Attribute("forwardX11", "Forward X11 (not supported)", type=Types.Bool, default=False, flags=ro))
 
     @classmethod
@@ -99,17 +101,35 @@ class LinuxApplication(ResourceManager):
     def run_home(self) -> str:
         return f"{self.app_home}/{self.ec.run_id}"
 
-    def replace_paths(self, text: str) -> str:
-        """Expand NEPI's path variables in ``text``."""
+    def paths(self) -> dict[str, str]:
+        """NEPI's path variables (``USR``, ``APP_HOME``, ...) and the paths they stand for on the host."""
         node = self.node
-        for var, value in (
-            ("${USR}", node.usr_dir), ("${LIB}", node.lib_dir), ("${BIN}", node.bin_dir),
-            ("${SRC}", node.src_dir), ("${SHARE}", node.share_dir), ("${EXP}", node.exp_dir),
-            ("${EXP_HOME}", node.exp_home), ("${APP_HOME}", self.app_home),
-            ("${RUN_HOME}", self.run_home), ("${NODE_HOME}", node.node_home), ("${HOME}", node.home_dir),
-        ):
-            text = text.replace(var, value)
+        return {
+            "USR": node.usr_dir, "LIB": node.lib_dir, "BIN": node.bin_dir, "SRC": node.src_dir,
+            "SHARE": node.share_dir, "EXP": node.exp_dir, "EXP_HOME": node.exp_home,
+            "APP_HOME": self.app_home, "RUN_HOME": self.run_home, "NODE_HOME": node.node_home,
+            "HOME": node.home_dir,
+        }
+
+    def replace_paths(self, text: str) -> str:
+        """Expand NEPI's path variables in ``text`` as text (a file's content, one value of ``env``)."""
+        for var, value in self.paths().items():
+            text = text.replace(f"${{{var}}}", value)
         return text
+
+    def shell_command(self, command: str) -> str:
+        """Return ``command`` (a :attr:`Flags.Command` value) with NEPI's path variables as shell variables.
+
+        Each ``${APP_HOME}`` (...) becomes ``${NEPI_APP_HOME}``, a shell
+        variable the command line assigns first, quoted: a path is never
+        parsed as shell text, whatever it holds, and ``"${RUN_HOME}/x"``
+        still works inside double quotes.
+        """
+        paths = self.paths()
+        for var in paths:
+            command = command.replace(f"${{{var}}}", f"${{NEPI_{var}}}")
+        assign = " ".join(f"NEPI_{var}={shlex.quote(value)}" for var, value in paths.items())
+        return f"{assign}; {command}"
 
     @property
     def pid(self) -> int | None:
@@ -146,7 +166,7 @@ class LinuxApplication(ResourceManager):
         for name in ("build", "install"):
             command = self.get(name)
             if command:
-                steps.append((name, f"cd {shlex.quote(self.app_home)} && {self.replace_paths(command)}"))
+                steps.append((name, f"cd {shlex.quote(self.app_home)} && {self.shell_command(command)}"))
         out, err, code = [], [], 0
         try:
             for name, command in steps:
@@ -192,11 +212,19 @@ class LinuxApplication(ResourceManager):
     # -- run -------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
+        """The ``env`` attribute as names and values; a name that is not a shell identifier is refused.
+
+        Split first, then each value's path variables expanded: a path can
+        neither split a value nor end it.
+        """
         env = {}
-        for pair in shlex.split(self.replace_paths(self.get("env") or "")):
+        for pair in shlex.split(self.get("env") or ""):
             key, sep, value = pair.partition("=")
-            if sep:
-                env[key] = value
+            if not sep:
+                continue
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"env: {key[:60]!r} is not a variable name (letters, digits, '_')")
+            env[key] = self.replace_paths(value)
         return env
 
     def do_start(self) -> None:
@@ -213,7 +241,7 @@ class LinuxApplication(ResourceManager):
             watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid, self.set_started)
             return
         stdin = f"{self.run_home}/stdin_data" if self.get("stdin") else None
-        pid = node.run_detached(self.replace_paths(command), self.run_home, stdin=stdin,
+        pid = node.run_detached(self.shell_command(command), self.run_home, stdin=stdin,
                                 env=self._env(), sudo=sudo)
         self._put(pid=pid)
         watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid, self.set_started)
@@ -288,7 +316,7 @@ class LinuxApplication(ResourceManager):
                 self.node.kill_group(int(json.loads(pid)), sudo=sudo)
             tear_down = self.get("tearDown")
             if tear_down:
-                self.node.execute(f"cd {shlex.quote(self.app_home)} && {self.replace_paths(tear_down)}",
+                self.node.execute(f"cd {shlex.quote(self.app_home)} && {self.shell_command(tear_down)}",
                                   timeout=300)
         finally:
             self.set_released()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
@@ -10,6 +11,10 @@ from nepi_dist.model.attribute import Attribute, Flags, Types
 from nepi_dist.model.resource import ResourceManager
 from nepi_dist.model.state import ResourceState
 from nepi_dist.resources.linux.shell import HostSpec, Result, Shell, shell_for
+
+#: A package name apt-get or dnf accepts (with an optional architecture and version): the
+#: names are quoted anyway; this keeps the package manager from being handed a path or an option.
+_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._~-]*(:[A-Za-z0-9_-]+)?(=[A-Za-z0-9+._~:-]+)?$")
 
 
 def _ere_literal(text: str) -> str:
@@ -51,7 +56,7 @@ class LinuxNode(ResourceManager):
                       default=False, flags=Flags.ExecReadOnly))
         add(Attribute("cleanProcesses", "Kill the user's processes run from ${HOME}/nepi-exp on deploy and release",
                       type=Types.Bool, default=False, flags=Flags.ExecReadOnly))
-        add(Attribute("tearDown", "Command run on the host at release", flags=Flags.ExecReadOnly))
+        add(Attribute("tearDown", "Command run on the host at release", flags=Flags.ExecReadOnly | Flags.Command))
         add(Attribute("worker", "Host worker serving this node (`nepi-dist worker --host NAME`): "
                       "its RMs run there, locally; empty = the pool, over SSH", flags=Flags.ExecReadOnly))
         add(Attribute(WORKER_WAIT, "Seconds a deploy waits for a live worker of this node's host; "
@@ -179,6 +184,9 @@ class LinuxNode(ResourceManager):
         """Install packages with the host's package manager (apt-get or dnf)."""
         if not packages:
             return Result("", "", 0)
+        bad = [p for p in packages if not _PACKAGE.match(p)]
+        if bad:
+            raise ValueError(f"not a package name: {', '.join(repr(p[:60]) for p in bad[:5])}")
         names = " ".join(shlex.quote(p) for p in packages)
         sudo = "" if self.execute("id -u").stdout.strip() == "0" else "sudo -n "
         command = (
