@@ -36,6 +36,7 @@ from nepi_dist.engine.routing import (
     queue_for,
 )
 from nepi_dist.engine.scheduler import LocalScheduler, RemoteTask, Task
+from nepi_dist.engine.signing import signing_key
 from nepi_dist.engine.store import FailureLevel, Store
 from nepi_dist.errors import (
     ActionError,
@@ -146,6 +147,7 @@ class ExperimentController(RunContext):
     ) -> None:
         _check_arguments(exp_id, run_id, redis_url, registry, local_worker, nthreads, celery_settings)
         threads, retention = _threads_and_retention(nthreads)  # before anything starts
+        signing_key()  # a key too short is refused before anything starts, too
         exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
         run_id = run_id or format_date(time.time())
         url = redis_url or os.environ.get(REDIS_URL_ENV)
@@ -379,10 +381,30 @@ class ExperimentController(RunContext):
         finally:
             try:
                 snapshot = self._store.snapshot()
+                self._scrub_credentials(snapshot)
                 self._store.freeze(snapshot)
             finally:
                 self._state = ECState.TERMINATED
                 self._stop_machinery()
+
+    def _scrub_credentials(self, snapshot: dict[str, Any]) -> None:
+        """Drop the values of Credential attributes from ``snapshot`` and from the run's keys in Redis.
+
+        The run is released: no action needs them any more, and the run's keys
+        stay in Redis for the retention time (``$NEPI_DIST_RETENTION``).
+        """
+        pipe = self._store.client.pipeline(transaction=False)
+        for guid, fields in snapshot["rms"].items():
+            try:
+                rclass = self._registry.get_resource_type(str(fields.get("rtype")))
+            except KeyError:
+                continue
+            names = [f"a:{a.name}" for a in rclass.get_attributes() if a.is_credential and f"a:{a.name}" in fields]
+            for name in names:
+                del fields[name]
+            if names:
+                pipe.hdel(self._store.keys.rm(guid), *names)
+        pipe.execute()
 
     def _stop_machinery(self) -> None:
         local = getattr(self, "_local", None)

@@ -119,6 +119,10 @@ class RedisTLSError(StoreError, ConnectionError):
     certificate (or its lack of one), or the URL's TLS settings are malformed."""
 
 
+class SigningKeyError(NepiError, ValueError):
+    """Raised when ``$NEPI_DIST_SIGNING_KEY`` is set to a key too short to sign actions with."""
+
+
 class RedisAuthError(StoreError, PermissionError):
     """Raised when Redis refuses this client's user or password, or its ACL forbids a command,
     a key or a channel the operation needs (see README, Security)."""

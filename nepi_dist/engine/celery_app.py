@@ -36,7 +36,9 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 
 from nepi_dist.engine.routing import POOL_QUEUE
+from nepi_dist.engine.signing import SIGNING_KEY_ENV, signing_key
 from nepi_dist.engine.tls import broker_ssl
+from nepi_dist.model import secrets
 
 REDIS_URL_ENV = "NEPI_DIST_REDIS_URL"
 VISIBILITY_ENV = "NEPI_DIST_VISIBILITY_TIMEOUT"
@@ -251,6 +253,8 @@ def settings(redis_url: str, **overrides: Any) -> dict[str, Any]:
         "nepi_redis_url": redis_url,
         "nepi_eta_horizon": horizon,
         "nepi_visibility_timeout": visibility,
+        # Celery censors settings named *KEY* wherever it shows them (inspect conf, banners).
+        "nepi_signing_key": os.environ.get(SIGNING_KEY_ENV) or None,
     }
     if urlparse(redis_url).scheme in ("redis", "rediss"):
         conf["broker_transport"] = REDIS_TRANSPORT
@@ -267,6 +271,10 @@ def create_app(redis_url: str | None = None, **overrides: Any) -> Celery:
     url = redis_url or os.environ.get(REDIS_URL_ENV) or "redis://127.0.0.1:6379/0"
     app = NepiCelery("nepi_dist", set_as_current=False)
     app.conf.update(settings(url, **overrides))
+    #: The key signing and checking every action message (None: signing is off), see engine/signing.py.
+    app.nepi_signing_key = signing_key(app.conf.nepi_signing_key or "")
+    if app.nepi_signing_key is not None:
+        secrets.remember(app.conf.nepi_signing_key)
     app.steps["worker"].add(TimerCatchUp)
     register_tasks(app)
     return app

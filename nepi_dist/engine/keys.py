@@ -36,6 +36,8 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 ``P:alarm``               list   pushed when a critical resource fails
 ``P:reply:<rid>``         list   the answer of a read run by another host's worker
                                  (JSON, expires)
+``P:seen``                set    nonces of the signed messages that ran to their end
+                                 (a replay of one is refused, see engine/signing.py)
 ========================  =====  =================================================
 
 Keys shared by all runs (outside any run's slot):
@@ -145,6 +147,10 @@ class Keys:
 
     def reply(self, rid: str) -> str:
         return self.key("reply", rid)
+
+    @property
+    def seen(self) -> str:
+        return self.key("seen")
 
     def pattern(self) -> str:
         """Return a SCAN pattern matching every key of this run."""

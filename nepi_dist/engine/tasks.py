@@ -20,11 +20,12 @@ import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from celery.exceptions import Reject
 
+from nepi_dist.engine import signing
 from nepi_dist.engine.batch import BATCH_TASK, BUFFER_SPREAD, SendBuffer, run_in_buffer
 from nepi_dist.engine.connection import check_no_eviction, redis_client
 from nepi_dist.engine.context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
@@ -34,12 +35,15 @@ from nepi_dist.engine.keys import worker_key
 from nepi_dist.engine.routing import POOL_QUEUE, this_worker_host
 from nepi_dist.engine.store import Store
 from nepi_dist.errors import ActionError, UnknownResourceTypeError
+from nepi_dist.model import secrets
 from nepi_dist.model.resource import ResourceFactory, ResourceRegistry
 
 if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger("nepi_dist.engine.startup")
+
+T = TypeVar("T")
 
 #: Batch threads of a worker process whose Celery concurrency is unknown.
 BATCH_THREADS = 16
@@ -234,7 +238,7 @@ def _claim_and_run(ctx: RunContext, aid: str, token: str, payload: dict[str, Any
     except redis.RedisError:
         raise  # not the action's failure: it runs again
     except Exception as exc:
-        status, result = "ERROR", traceback.format_exc()
+        status, result = "ERROR", secrets.redact(traceback.format_exc())
         log.warning("action %s %s on guid %s failed: %s", aid, method, payload.get("g"), exc)
         if _is_setup_error(exc):
             _fail_resource(ctx, int(payload["g"]), f"{type(exc).__name__}: {exc}")
@@ -327,23 +331,45 @@ def _fail_resource(ctx: RunContext, guid: int, message: str) -> None:
     from nepi_dist.model.state import ResourceState
 
     try:
-        ctx.store.set_fields(guid, {"err": message})
+        ctx.store.set_fields(guid, {"err": secrets.redact(message)})
         ctx._transition(guid, ResourceState.FAILED)
     except Exception as exc:  # the task boundary: record and go on
         log.error("could not fail guid %s: %s", guid, exc)
 
 
+def signed(app: Celery, request: Any, exp_id: str, run_id: str, run: Callable[[], T]) -> T | str:
+    """Return ``run()`` when signing is off or the message of ``request`` is signed, new and for its queue.
+
+    Else nothing runs: the refusal is logged and recorded in the run's
+    events, and the message acknowledged (see :mod:`nepi_dist.engine.signing`).
+    A message that ran to its end is noted, so that the same message again
+    is a replay; one cut short (rejected back to the queue) is not noted.
+    """
+    key = getattr(app, "nepi_signing_key", None)
+    if key is None:
+        return run()
+    client = runtime_of(app).client
+    reason = signing.check(key, request, client, exp_id, run_id)
+    if reason is not None:
+        signing.record_refusal(client, exp_id, run_id, request, reason)
+        return f"refused:{reason}"
+    result = run()
+    signing.done(request, client, exp_id, run_id)
+    return result
+
+
 def register_tasks(app: Celery) -> None:
-    """Register nepi's tasks on ``app`` (explicit names under ``nepi.``)."""
+    """Register nepi's tasks on ``app`` (explicit names under ``nepi.``), each behind :func:`signed`."""
 
-    @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True, shared=False)
-    def action(exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
-        return run_action(app, exp_id, run_id, aid, payload)
+    @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True, shared=False, bind=True)
+    def action(self: Any, exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
+        return signed(app, self.request, exp_id, run_id,
+                      functools.partial(run_action, app, exp_id, run_id, aid, payload))
 
-    @app.task(name=BATCH_TASK, acks_late=True, ignore_result=True, shared=False)
-    def batch(exp_id: str, run_id: str, items: list[Any]) -> dict[str, int]:
-        return run_batch(app, exp_id, run_id, items)
+    @app.task(name=BATCH_TASK, acks_late=True, ignore_result=True, shared=False, bind=True)
+    def batch(self: Any, exp_id: str, run_id: str, items: list[Any]) -> dict[str, int] | str:
+        return signed(app, self.request, exp_id, run_id, functools.partial(run_batch, app, exp_id, run_id, items))
 
-    @app.task(name=READ_TASK, ignore_result=True, shared=False)
-    def read(exp_id: str, run_id: str, rid: str, payload: dict[str, Any]) -> str:
-        return run_read(app, exp_id, run_id, rid, payload)
+    @app.task(name=READ_TASK, ignore_result=True, shared=False, bind=True)
+    def read(self: Any, exp_id: str, run_id: str, rid: str, payload: dict[str, Any]) -> str:
+        return signed(app, self.request, exp_id, run_id, functools.partial(run_read, app, exp_id, run_id, rid, payload))

@@ -97,6 +97,16 @@ class Attribute:
         """
         if value is None:
             return None
+        if not self.is_credential:
+            return self._validate(value)
+        try:
+            return self._validate(value)
+        except AttributeValueError:
+            raise AttributeValueError(
+                f"attribute {self.name!r}: not a valid {self.type.name} (a credential: its value is not shown)"
+            ) from None
+
+    def _validate(self, value: Any) -> Any:
         t = self.type
         try:
             if t is Types.Bool:

@@ -27,6 +27,7 @@ from nepi_dist.errors import (
     UnknownTraceError,
     shown,
 )
+from nepi_dist.model import secrets
 from nepi_dist.model.attribute import Attribute, Flags, Types
 from nepi_dist.model.state import ResourceAction, ResourceState
 from nepi_dist.model.timefuncs import delay_seconds
@@ -299,7 +300,10 @@ class ResourceManager:
         """Return the attribute's value (its default when never set)."""
         attr = self.get_attribute(name)
         raw = self._store.rm_field(self._guid, f"a:{name}")
-        return attr.default if raw is None else json.loads(raw)
+        value = attr.default if raw is None else json.loads(raw)
+        if attr.is_credential:
+            secrets.remember(value)
+        return value
 
     def set(self, name: str, value: Any) -> Any:
         """Set an attribute from inside the RM (flags are the user's limits, not the RM's)."""
@@ -307,6 +311,8 @@ class ResourceManager:
         value = attr.validate(value)
         if attr.set_hook is not None:
             value = attr.set_hook(self.get(name), value)
+        if attr.is_credential:
+            secrets.remember(value)
         self._store.set_fields(self._guid, {f"a:{name}": _encode(value)})
         return value
 
@@ -450,7 +456,7 @@ class ResourceManager:
     def fail(self, message: str | None = None) -> None:
         """Set FAILED, recording ``message`` as the RM's error."""
         if message:
-            self._store.set_fields(self._guid, {"err": message[:4000]})
+            self._store.set_fields(self._guid, {"err": secrets.redact(message)[:4000]})
         self.set_failed()
 
     # -- lifecycle (NEPI semantics) --------------------------------------------

@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any
 
 from nepi_dist.errors import UnknownTraceError
+from nepi_dist.model import secrets
 from nepi_dist.model.attribute import Attribute, Flags, Types
 from nepi_dist.model.resource import ResourceManager
 from nepi_dist.model.state import ResourceState
@@ -302,7 +303,7 @@ class LinuxApplication(ResourceManager):
         The message is written first, so whoever sees FAILED finds it; when the
         stop or release won, it stays as a true note of how the command ended.
         """
-        self._store.set_fields(self.guid, {"err": message[:4000]})
+        self._store.set_fields(self.guid, {"err": secrets.redact(message)[:4000]})
         self._end(ResourceState.FAILED)
 
     def do_release(self) -> None:

@@ -44,8 +44,13 @@ class LinuxNode(ResourceManager):
         add(Attribute("port", "SSH port", type=Types.Integer, default=22, range=(1, 65535),
                       flags=Flags.ExecReadOnly))
         add(Attribute("identity", "SSH private key file", flags=Flags.ExecReadOnly | Flags.Credential))
-        add(Attribute("serverKey", "The host's public key ('type base64'); unknown hosts accepted when empty",
+        add(Attribute("serverKey", "The host's public key ('type base64'); when empty, the key must be in "
+                      "the worker's ~/.ssh/known_hosts (or $NEPI_DIST_KNOWN_HOSTS)", flags=Flags.ExecReadOnly))
+        add(Attribute("hostKeyCheck", "Verify the host's SSH key (serverKey or known_hosts); false accepts "
+                      "any key, and each connection says so in the log", type=Types.Bool, default=True,
                       flags=Flags.ExecReadOnly))
+        add(Attribute("password", "SSH password, or the passphrase of the identity key",
+                      flags=Flags.ExecReadOnly | Flags.Credential))
         add(Attribute("gateway", "SSH gateway host (one hop)", flags=Flags.ExecReadOnly))
         add(Attribute("gatewayUser", "SSH gateway user", flags=Flags.ExecReadOnly))
         add(Attribute("connectTimeout", "Seconds to reach the host before failing", type=Types.Double,
@@ -79,6 +84,8 @@ class LinuxNode(ResourceManager):
             gateway_user=self.get("gatewayUser"),
             server_key=self.get("serverKey"),
             connect_timeout=self.get("connectTimeout"),
+            verify_host_key=bool(self.get("hostKeyCheck")),
+            password=self.get("password"),
         )
 
     @property

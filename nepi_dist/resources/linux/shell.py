@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import os
 import shlex
 import subprocess
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nepi_dist.errors import NepiError
+
+if TYPE_CHECKING:
+    import paramiko
+
+log = logging.getLogger("nepi_dist.resources.linux.shell")
 
 #: Concurrent SSH channels per connection (sshd's default MaxSessions is 10).
 MAX_CHANNELS = 8
@@ -24,6 +30,15 @@ MAX_CHANNELS = 8
 
 class HostUnreachableError(NepiError, ConnectionError):
     """Raised when a host cannot be reached over SSH within the connect timeout."""
+
+
+class HostKeyError(HostUnreachableError):
+    """Raised when a host's SSH key is neither its node's ``serverKey`` nor in known_hosts, or differs
+    from them (and ``hostKeyCheck`` was not turned off)."""
+
+
+#: The known_hosts file read besides ``~/.ssh/known_hosts`` of the worker's user (optional).
+KNOWN_HOSTS_ENV = "NEPI_DIST_KNOWN_HOSTS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +53,9 @@ class HostSpec:
     gateway_user: str | None = None
     server_key: str | None = None
     connect_timeout: float = 10.0
+    #: Verify the host's key (``serverKey``, else known_hosts); False accepts any key, and is logged.
+    verify_host_key: bool = True
+    password: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def local(self) -> bool:
@@ -110,7 +128,7 @@ class SSHShell:
             sock = None
             if spec.gateway:
                 hop = paramiko.SSHClient()
-                hop.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+                self._trust(hop, spec.gateway, 22, None)
                 hop.connect(
                     spec.gateway, username=spec.gateway_user or spec.username, key_filename=spec.identity,
                     timeout=spec.connect_timeout, banner_timeout=spec.connect_timeout,
@@ -123,27 +141,55 @@ class SSHShell:
             else:
                 self._hop = None
             client = paramiko.SSHClient()
-            if spec.server_key:
-                keytype, data = spec.server_key.split()[:2]
-                client.get_host_keys().add(
-                    f"[{spec.hostname}]:{spec.port}" if spec.port != 22 else spec.hostname,
-                    keytype,
-                    paramiko.PKey.from_type_string(keytype, base64.b64decode(data)),
-                )
-                client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            else:
-                client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            self._trust(client, spec.hostname, spec.port, spec.server_key)
             client.connect(
                 spec.hostname, port=spec.port, username=spec.username, key_filename=spec.identity,
+                password=spec.password,
                 timeout=spec.connect_timeout, banner_timeout=spec.connect_timeout,
                 auth_timeout=spec.connect_timeout, allow_agent=False, look_for_keys=spec.identity is None,
                 sock=sock,
             )
-        except (OSError, paramiko.SSHException) as exc:
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                f"ssh {spec.hostname}:{spec.port}: the host's {exc.key.get_name()} key is not the one expected "
+                "(serverKey or known_hosts): refused"
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(
+                    f"ssh {spec.hostname}:{spec.port}: unknown host key: give the node's serverKey, add the host "
+                    f"to ~/.ssh/known_hosts (or ${KNOWN_HOSTS_ENV}), or set hostKeyCheck false"
+                ) from None
+            raise HostUnreachableError(
+                f"ssh {spec.username or ''}@{spec.hostname}:{spec.port}: {type(exc).__name__}: {exc}"
+            ) from None
+        except (OSError, ValueError) as exc:
             raise HostUnreachableError(
                 f"ssh {spec.username or ''}@{spec.hostname}:{spec.port}: {type(exc).__name__}: {exc}"
             ) from None
         self._client = client
+
+    def _trust(self, client: paramiko.SSHClient, hostname: str, port: int, server_key: str | None) -> None:
+        """Make ``client`` accept only the host's known key: ``server_key``, else known_hosts.
+
+        With ``verify_host_key`` False any key is accepted, and a warning says so.
+        """
+        import paramiko
+
+        if not self.spec.verify_host_key:
+            log.warning("ssh %s:%s: the host's key is NOT verified (hostKeyCheck false)", hostname, port)
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            return
+        name = f"[{hostname}]:{port}" if port != 22 else hostname
+        if server_key:
+            keytype, data = server_key.split()[:2]
+            client.get_host_keys().add(name, keytype, paramiko.PKey.from_type_string(keytype, base64.b64decode(data)))
+        else:
+            client.load_system_host_keys()
+            extra = os.environ.get(KNOWN_HOSTS_ENV)
+            if extra:
+                client.load_host_keys(extra)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
     def run(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> Result:
         out, err, code = self._raw(command, stdin, timeout)

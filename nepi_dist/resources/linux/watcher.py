@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nepi_dist.watcher")
 
 SSH_CHECK_EVERY = 0.5
+#: Fields of a host spec that are credentials: never written to the shared watch record.
+SECRET_FIELDS = ("identity", "password")
 ADOPT_EVERY = 3.0
 
 
@@ -83,8 +85,16 @@ class Watcher:
         self._thread.start()
 
     def record(self, entry: Watched) -> None:
-        """Record in Redis that this worker watches ``entry`` (survives this worker)."""
-        record = dict(asdict(entry), holder=self._runtime.worker_id)
+        """Record in Redis that this worker watches ``entry`` (survives this worker).
+
+        The record is shared by all runs: it keeps no credential of the host
+        (its ``identity`` and ``password``, marked ``secret``); a worker
+        adopting the watch reads them from the run's node (:meth:`_adopt`).
+        """
+        host = {k: v for k, v in entry.host.items() if k not in SECRET_FIELDS}
+        if len(host) != len(entry.host) and any(entry.host.get(k) for k in SECRET_FIELDS):
+            host["secret"] = True
+        record = dict(asdict(entry), host=host, holder=self._runtime.worker_id)
         self._client.hset(WATCH_KEY, entry.field, json.dumps(record))
 
     def add(self, entry: Watched) -> None:
@@ -215,6 +225,9 @@ class Watcher:
                 if rec["holder"] in alive:
                     continue
                 entry = Watched(**{k: v for k, v in rec.items() if k != "holder"})
+                if entry.host.pop("secret", False):
+                    app = self._runtime.context(entry.exp_id, entry.run_id).get_resource(entry.guid)
+                    entry.host = asdict(app.node.host_spec())  # type: ignore[attr-defined]
                 if entry.spec.local and entry.machine != machine:
                     continue
                 log.warning("adopting the watch of guid %s from %s", entry.guid, rec["holder"])
