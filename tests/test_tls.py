@@ -77,6 +77,28 @@ def test_a_whole_experiment_runs_over_tls_with_an_external_worker(tls_redis: TLS
     assert worker.returncode == 0
 
 
+def test_a_worker_on_tls_survives_redis_restarts_and_serves_a_new_run_after(
+        certs: Certificates, tmp_path: Path) -> None:
+    # The Redis-restart fix of nepi_dist's transport (tests/test_broker_restart.py), over TLS.
+    from .test_broker_restart import a_run_finishes, answers_a_ping, hold_eta_messages
+
+    servers = [TLSRedis(tmp_path, certs, "--appendonly", "yes").start()]
+    url = servers[0].url()
+    worker = start_worker_process(url, "tls-restart", 4)
+    try:
+        wait_for_workers(url, 1, timeout=60)
+        hold_eta_messages(url, 10)
+        for _ in range(2):
+            servers[-1].kill()
+            time.sleep(2)
+            servers.append(TLSRedis(tmp_path, certs, "--appendonly", "yes", port=servers[0].port).start())
+            answers_a_ping(url, worker)
+        a_run_finishes(url)
+    finally:
+        stop_process(worker)
+        servers[-1].stop()
+
+
 def test_nepi_dist_workers_lists_the_workers_over_tls(tls_redis: TLSRedis) -> None:
     url = tls_redis.url()
     worker = start_worker_process(url, "tls-list", 2, "--host", "tlshost")

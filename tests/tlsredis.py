@@ -110,10 +110,10 @@ def make_certificates(directory: Path, server_names: tuple[str, ...] = ("localho
 class TLSRedis:
     """A redis-server on a free port that accepts TLS connections with a client certificate only."""
 
-    def __init__(self, directory: Path, certs: Certificates, *extra: str) -> None:
+    def __init__(self, directory: Path, certs: Certificates, *extra: str, port: int | None = None) -> None:
         self.dir = directory
         self.certs = certs
-        self.port = free_port()
+        self.port = port or free_port()
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -163,6 +163,12 @@ class TLSRedis:
                 log = (self.dir / "redis.log").read_text() if (self.dir / "redis.log").exists() else ""
                 raise RuntimeError(f"TLS redis-server did not start: {log[-2000:]}")
             time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the server (as a crash would)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
