@@ -729,7 +729,8 @@ class ResourceRegistry:
         """Register every ResourceManager subclass with its own ``_rtype`` that a module defines."""
         members = [target] if isinstance(target, type) else list(vars(target).values())
         for obj in members:
-            if isinstance(obj, type) and issubclass(obj, ResourceManager) and "_rtype" in vars(obj):
+            if (isinstance(obj, type) and issubclass(obj, ResourceManager) and obj is not ResourceManager
+                    and "_rtype" in vars(obj)):
                 self.register_type(obj)
 
     def get_resource_type(self, rtype: str) -> type[ResourceManager]:
