@@ -16,13 +16,14 @@ import json
 import random
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from nepi_dist import ExperimentController, ResourceAction, ResourceFactory, ResourceState
-from nepi_dist.errors import AttributeValueError
+from nepi_dist.errors import ArgumentValueError, AttributeValueError
 from nepi_dist.resources.linux import netdev
 from nepi_dist.resources.linux.probes import LinuxMtr, LinuxNPing, probe_command
 from nepi_dist.resources.linux.tap import create_commands
@@ -249,6 +250,8 @@ def test_two_hosts_joined_by_a_udp_tunnel_ping_each_other_through_it_and_release
             stats = device["stats64"]
             assert stats["tx"]["packets"] >= 3 and stats["rx"]["packets"] >= 3, (k, stats)  # type: ignore[index]
             assert device["linkinfo"]["info_data"]["type"] == kind[5:].lower()  # type: ignore[index]
+            forwarders = [p for p in stray_processes(testbed, k) if "nepi-udp-forward.py" in p and " bash " not in p]
+            assert len(forwarders) == 1, stray_processes(testbed, k)  # the check below would see one left
         ec.shutdown()
         assert_state(ec, [e1, e2, tunnel], "RELEASED")
     assert_hosts_clean(testbed)
@@ -277,6 +280,16 @@ def test_a_tap_and_a_tun_come_up_with_their_addresses_mtu_and_queue_and_go_at_re
         assert [(a["local"], a.get("address"), a["prefixlen"]) for a in inet] == [
             (f"{subnet}.129", f"{subnet}.130", 32)]
         assert tun_dev["linkinfo"]["info_data"]["type"] == "tun"  # type: ignore[index]
+
+        ec.wait_started([tap, tun], timeout=30)
+        with pytest.raises(ArgumentValueError, match="set_with_conditions"):
+            ec.set(tap, "mtu", 1300)  # h1 is served by its own worker: only it can change the device
+        ec.set_with_conditions("mtu", 1300, tap, tun, ResourceState.STARTED)
+        deadline = time.monotonic() + 20
+        while links(testbed, 1)[f"tap{tap}"]["mtu"] != 1300 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert links(testbed, 1)[f"tap{tap}"]["mtu"] == 1300
+        assert ec.get(tap, "mtu") == 1300
         ec.shutdown()
     assert_hosts_clean(testbed)
 
@@ -373,5 +386,30 @@ def test_two_hosts_joined_by_a_gre_tunnel_ping_each_other_through_it(testbed: Te
         assert_state(ec, [ping], "FINISHED")
         assert "3 packets transmitted, 3 received" in ec.trace(ping, "stdout")
         assert links(testbed, 1)[f"gre{e1}"]["linkinfo"]["info_kind"] == "gre"  # type: ignore[index]
+        ec.shutdown()
+    assert_hosts_clean(testbed)
+
+
+def test_a_gre_tunnel_runs_its_commands_on_each_host_ready_with_gre_failed_with_the_kernels_answer_without(
+    testbed: Testbed, subnet: str
+) -> None:
+    has_gre, why = _kernel_has_gre()
+    with experiment(testbed) as ec:
+        n1, n2 = node_on(ec, testbed, 1), node_on(ec, testbed, 2)
+        # Not critical: without GRE each end fails on its own, and the run goes on to show both.
+        e1 = rm(ec, "LinuxTap", n1, ip4=f"{subnet}.1", prefix4=30, critical=False)
+        e2 = rm(ec, "LinuxTap", n2, ip4=f"{subnet}.2", prefix4=30, critical=False)
+        tunnel = rm(ec, "LinuxGRETunnel", e1, e2, critical=False)
+        ec.deploy()
+        if has_gre:
+            ec.wait_deployed([e1, e2, tunnel], timeout=60)
+            assert_state(ec, [e1, e2, tunnel], "READY")
+        else:
+            ec.wait_finished([e1, e2], timeout=60)
+            assert_state(ec, [e1, e2], "FAILED")
+            for end in (e1, e2):
+                error = ec.get_resource(end).error_message or ""
+                assert "ip link add dev gre" in error and why in error, error
+        assert [ec.get(e, "deviceName") for e in (e1, e2)] == [f"gre{e1}", f"gre{e2}"]
         ec.shutdown()
     assert_hosts_clean(testbed)
