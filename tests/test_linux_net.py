@@ -109,6 +109,11 @@ def stray_processes(testbed: Testbed, k: int) -> list[str]:
     return found
 
 
+def forwarders_in(testbed: Testbed, k: int) -> list[str]:
+    """The UDP tunnel forwarders running in host k."""
+    return [p for p in stray_processes(testbed, k) if "nepi-udp-forward.py" in p and " bash " not in p]
+
+
 def assert_hosts_clean(testbed: Testbed) -> None:
     for k in range(1, HOSTS + 1):
         assert sorted(links(testbed, k)) == ["eth0", "lo"], (k, sorted(links(testbed, k)))
@@ -223,7 +228,7 @@ def test_a_cipher_the_udp_tunnel_cannot_apply_is_refused_by_name_and_nothing_is_
 
 
 @pytest.mark.parametrize("kind", ["LinuxTap", "LinuxTun"])
-def test_two_hosts_joined_by_a_udp_tunnel_ping_each_other_through_it_and_release_leaves_nothing(
+def test_two_hosts_joined_by_a_udp_tunnel_ping_through_it_its_stop_ends_the_forwarders_release_leaves_nothing(
     testbed: Testbed, subnet: str, kind: str
 ) -> None:
     with experiment(testbed) as ec:
@@ -250,8 +255,16 @@ def test_two_hosts_joined_by_a_udp_tunnel_ping_each_other_through_it_and_release
             stats = device["stats64"]
             assert stats["tx"]["packets"] >= 3 and stats["rx"]["packets"] >= 3, (k, stats)  # type: ignore[index]
             assert device["linkinfo"]["info_data"]["type"] == kind[5:].lower()  # type: ignore[index]
-            forwarders = [p for p in stray_processes(testbed, k) if "nepi-udp-forward.py" in p and " bash " not in p]
+            forwarders = forwarders_in(testbed, k)
             assert len(forwarders) == 1, stray_processes(testbed, k)  # the check below would see one left
+
+        ec.stop(tunnel)  # each end's host stops its forwarder; the devices stay until release
+        ec.wait_finished(tunnel, timeout=30)
+        deadline = time.monotonic() + 20
+        while any(forwarders_in(testbed, k) for k in (1, 2)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [forwarders_in(testbed, k) for k in (1, 2)] == [[], []]
+        assert ec.get(e1, "deviceName") in links(testbed, 1)
         ec.shutdown()
         assert_state(ec, [e1, e2, tunnel], "RELEASED")
     assert_hosts_clean(testbed)
