@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # System packages the Linux-resource tests use: an sshd to log into, and the tools the
 # ready-made RMs run (ping, traceroute, tcpdump, iperf3, nc, gcc, mtr, nping, and python3 for
-# the UDP tunnel's forwarder), and systemd-analyze, which checks deploy/systemd/.  Installs only what is missing; needs root (or passwordless sudo) and
-# Debian's apt-get.
+# the UDP tunnel's forwarder), and systemd-analyze, which checks deploy/systemd/.  Installs
+# only what is missing; needs root (or passwordless sudo) and Debian's apt-get.
 set -euo pipefail
 need=()
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
