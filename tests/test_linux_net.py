@@ -418,8 +418,8 @@ def test_a_gre_tunnel_runs_its_commands_on_each_host_ready_with_gre_failed_with_
             ec.wait_deployed([e1, e2, tunnel], timeout=60)
             assert_state(ec, [e1, e2, tunnel], "READY")
         else:
-            ec.wait_finished([e1, e2], timeout=60)
-            assert_state(ec, [e1, e2], "FAILED")
+            ec.wait_finished([e1, e2, tunnel], timeout=60)
+            assert_state(ec, [e1, e2, tunnel], "FAILED")  # the tunnel, for its ends
             for end in (e1, e2):
                 error = ec.get_resource(end).error_message or ""
                 assert "ip link add dev gre" in error and why in error, error

@@ -111,6 +111,8 @@ class LinuxTap(LiveLink, LinuxApplication):
             {"g": self.guid, "m": "deploy"}, [tunnel.guid], ResourceState.PROVISIONED, 0.0
         ):
             return
+        if tunnel is not None and tunnel.state == ResourceState.FAILED:
+            raise RuntimeError(f"device {self.guid}: its tunnel {tunnel.guid} failed")
         if self.state < ResourceState.PROVISIONED:
             self.provision()
         self.set_ready()

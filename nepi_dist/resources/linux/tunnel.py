@@ -68,16 +68,25 @@ class LinuxTunnel(ResourceManager):
     # -- the meeting point -------------------------------------------------------------
 
     def do_deploy(self) -> None:
-        guids = [e.guid for e in self.endpoints]
+        ends = self.endpoints
+        guids = [e.guid for e in ends]
         if self.ec._park_or_delay({"g": self.guid, "m": "deploy"}, guids, ResourceState.DISCOVERED, 0.0):
             return
+        self._check_ends(ends)
         state = self.state
         if state < ResourceState.PROVISIONED:
             through = [ResourceState.DISCOVERED] if state < ResourceState.DISCOVERED else []
             self._set_state(ResourceState.PROVISIONED, through)
         if self.ec._park_or_delay({"g": self.guid, "m": "deploy"}, guids, ResourceState.READY, 0.0):
             return
+        self._check_ends(ends)
         self.set_ready()
+
+    def _check_ends(self, ends: list[LinuxTap]) -> None:
+        """Raise when an end failed (a non-critical one: a critical one aborts the run anyway)."""
+        failed = [e.guid for e in ends if e.state == ResourceState.FAILED]
+        if failed:
+            raise RuntimeError(f"tunnel {self.guid}: its end {failed[0]} failed")
 
     def do_stop(self) -> None:
         self.ec._send([(e.guid, "close_tunnel", [], {}) for e in self.endpoints])
@@ -159,13 +168,13 @@ class LinuxUdpTunnel(LinuxTunnel):
             raise RuntimeError("the UDP tunnel's forwarder needs python3 on the host")
         script = f"{node.src_dir}/nepi-udp-forward.py"
         node.upload(FORWARDER.read_bytes(), script, 0o755)
-        q = shlex.quote(home)
-        node.execute(f"mkdir -p {q} && rm -f {q}/local_port {q}/peer {q}/ret_file", check=True)
         queue = self.get("txQueueLen")
         if queue is not None:
             netdev.run_all(node, [netdev.set_link(sudo, end.device, txqueuelen=queue)])
         pid = end._got("tunnel_pid")
-        if pid is None:
+        if pid is None:  # (a discover run again after it started the forwarder waits for that one)
+            q = shlex.quote(home)
+            node.execute(f"mkdir -p {q} && rm -f {q}/local_port {q}/peer {q}/ret_file", check=True)
             command = forwarder_command(sudo, script, home, end.device, end._mode, bool(end.get("pi")),
                                         self.get("bwLimit"))
             pid = node.run_detached(command, home)
