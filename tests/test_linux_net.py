@@ -426,3 +426,21 @@ def test_a_gre_tunnel_runs_its_commands_on_each_host_ready_with_gre_failed_with_
         assert [ec.get(e, "deviceName") for e in (e1, e2)] == [f"gre{e1}", f"gre{e2}"]
         ec.shutdown()
     assert_hosts_clean(testbed)
+
+
+def test_a_continuous_nping_runs_round_after_round_with_timestamps_until_stopped(testbed: Testbed) -> None:
+    with experiment(testbed) as ec:
+        nping = rm(ec, "LinuxNPing", node_on(ec, testbed, 1), target=testbed.address(2), c=1, icmp=True,
+                   continuous=True, printTimestamp=True)
+        ec.deploy()
+        ec.wait_started(nping, timeout=60)
+        deadline = time.monotonic() + 30
+        rounds: list[str] = []
+        while len(rounds) < 3 and time.monotonic() < deadline:
+            rounds = re.findall(r"^\d{14}$", ec.trace(nping, "stdout") or "", re.M)
+            time.sleep(0.2)
+        assert len(rounds) >= 3, ec.trace(nping, "stdout")
+        ec.stop(nping)
+        ec.wait_finished(nping, timeout=30)
+        assert_state(ec, [nping], "STOPPED")
+    assert_hosts_clean(testbed)
