@@ -212,6 +212,22 @@ def test_mtr_and_nping_commands_follow_nepi_attributes_and_defaults() -> None:
         "printTimestamp", "target"}
 
 
+def test_the_forwarders_bandwidth_limit_paces_frames_to_bwlimit_bytes_per_second() -> None:
+    from nepi_dist.resources.linux.udp_forward import Pacer
+
+    pacer = Pacer(50_000)  # the bucket starts full: the first 50 kB pass at once, the next 50 kB take 1 s
+    began = time.monotonic()
+    for _ in range(100):
+        pacer.wait(1000)
+    took = time.monotonic() - began
+    assert 0.95 <= took <= 2.0, took
+    unlimited = Pacer(None)
+    began = time.monotonic()
+    for _ in range(100_000):
+        unlimited.wait(1000)
+    assert time.monotonic() - began < 0.5
+
+
 def test_a_cipher_the_udp_tunnel_cannot_apply_is_refused_by_name_and_nothing_is_written(
     ec: ExperimentController,
 ) -> None:
