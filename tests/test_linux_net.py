@@ -13,8 +13,10 @@ skipped (the only skip); the commands it builds are tested as text, everywhere.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -280,9 +282,32 @@ def test_two_hosts_joined_by_a_udp_tunnel_ping_through_it_its_stop_ends_the_forw
         while any(forwarders_in(testbed, k) for k in (1, 2)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [forwarders_in(testbed, k) for k in (1, 2)] == [[], []]
+        time.sleep(1.0)  # the watchers have reported those exits: a stop's exit fails nothing
+        assert_state(ec, [tunnel], "STOPPED")
         assert ec.get(e1, "deviceName") in links(testbed, 1)
         ec.shutdown()
         assert_state(ec, [e1, e2, tunnel], "RELEASED")
+    assert_hosts_clean(testbed)
+
+
+def test_a_tunnel_whose_forwarder_is_killed_fails_naming_the_end_and_its_exit_and_release_leaves_nothing(
+    testbed: Testbed, subnet: str
+) -> None:
+    with experiment(testbed) as ec:
+        n1, n2 = node_on(ec, testbed, 1), node_on(ec, testbed, 2)
+        e1 = rm(ec, "LinuxTap", n1, ip4=f"{subnet}.1", prefix4=24)
+        e2 = rm(ec, "LinuxTap", n2, ip4=f"{subnet}.2", prefix4=24)
+        tunnel = rm(ec, "LinuxUdpTunnel", e1, e2, critical=False)
+        ec.deploy()
+        ec.wait_started([e1, e2, tunnel], timeout=60)
+        [victim] = forwarders_in(testbed, 2)
+        os.kill(int(victim.split()[0]), signal.SIGKILL)
+        ec.wait_finished(tunnel, timeout=30)
+        assert_state(ec, [tunnel], "FAILED")
+        error = ec.get_resource(tunnel).error_message or ""
+        assert f"the tunnel process of end {e2} exited 137" in error, error  # 128 + SIGKILL
+        assert_state(ec, [e1, e2], "STARTED")
+        ec.shutdown()
     assert_hosts_clean(testbed)
 
 

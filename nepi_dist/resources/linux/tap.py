@@ -161,9 +161,25 @@ class LinuxTap(LiveLink, LinuxApplication):
         """Stop this end's tunnel process (sent by the tunnel's stop to this host's worker)."""
         pid = self._got("tunnel_pid")
         if pid is not None:
+            self._put(tunnel_pid=None)  # before the kill: the exit it causes is ours (see on_exit)
             node = self.node
             node.kill_group(int(pid), sudo=bool(netdev.root(node)))
-            self._put(tunnel_pid=None)
+
+    def on_exit(self, exitcode: int | None, pid: int | None = None) -> None:
+        """The watcher saw this end's tunnel process end: unless we stopped it, the tunnel failed.
+
+        (NEPI polled its tunnel processes; here the host's watcher reports the exit.)
+        """
+        current = self._got("tunnel_pid")
+        if current is None or pid != current:
+            return  # stopped by close_tunnel, or an earlier process
+        self._put(tunnel_pid=None)
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.state < ResourceState.STOPPED:
+            path = shlex.quote(f"{self.tunnel_home}/stderr")
+            tail = self.node.execute(f"tail -c 500 {path} 2>/dev/null").stdout.strip()
+            how = "was killed" if exitcode is None else f"exited {exitcode}"
+            tunnel.fail(f"the tunnel process of end {self.guid} {how}: {tail or '(no error output)'}")
 
     # -- release ---------------------------------------------------------------------
 

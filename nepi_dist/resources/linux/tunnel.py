@@ -31,7 +31,7 @@ from nepi_dist.errors import AttributeValueError
 from nepi_dist.model.attribute import Attribute, Flags, Types
 from nepi_dist.model.resource import ResourceManager
 from nepi_dist.model.state import ResourceState
-from nepi_dist.resources.linux import netdev
+from nepi_dist.resources.linux import netdev, watcher
 from nepi_dist.resources.linux.tap import LinuxTap
 
 #: Seconds an end waits for its tunnel process to bind, or to hear of the other end.
@@ -179,6 +179,8 @@ class LinuxUdpTunnel(LinuxTunnel):
                                         self.get("bwLimit"))
             pid = node.run_detached(command, home)
             end._put(tunnel_pid=pid)
+            # Its end hears of its exit (LinuxTap.on_exit): one not caused by a stop fails the tunnel.
+            watcher.watch(self.ec, end.guid, node.host_spec(), home, pid, lambda: None)
         port = netdev.wait_file(node, f"{home}/local_port", CONNECT_TIMEOUT)
         if port is None:
             raise RuntimeError(f"the UDP tunnel's forwarder did not bind: {self._stderr(end)}")
