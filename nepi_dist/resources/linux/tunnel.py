@@ -16,7 +16,9 @@ two hosts never need to reach each other's worker.
 
 * :class:`LinuxUdpTunnel` carries the frames of the ends' TAP (or TUN)
   devices in UDP datagrams, one forwarding process per end
-  (:mod:`nepi_dist.resources.linux.udp_forward`), as NEPI's did.
+  (:mod:`nepi_dist.resources.linux.udp_forward`), as NEPI's did.  The
+  host's watcher reports a forwarder's exit to its end: one that no stop or
+  release caused fails the tunnel (NEPI polled the processes instead).
 * :class:`LinuxGRETunnel` makes each end's device a kernel GRE tunnel
   (``ip link add … type gre``) towards the other end's host.
 """
