@@ -268,6 +268,9 @@ def test_two_hosts_joined_by_a_udp_tunnel_ping_through_it_its_stop_ends_the_forw
             out = ec.trace(ping, "stdout")
             assert "3 packets transmitted, 3 received, 0% packet loss" in out, (k, out)
             assert re.findall(r"bytes from ([\d.]+):", out) == [f"{subnet}.{3 - k}"] * 3, (k, out)
+            rtt = re.search(r"rtt min/avg/max/mdev = [\d.]+/([\d.]+)/", out)
+            print(f"\nh{k} -> h{3 - k} through the UDP tunnel ({kind}): 3/3 replies, avg rtt "
+                  f"{rtt.group(1) if rtt else '?'} ms")
         for k, end in ((1, e1), (2, e2)):
             device = links(testbed, k)[ec.get(end, "deviceName")]
             stats = device["stats64"]
