@@ -339,3 +339,28 @@ def test_a_fuzzed_document_builds_or_raises_a_typed_error_that_registers_nothing
         assert fuzz_ec.resources == before
     else:
         assert sorted(fuzz_ec.resources) == sorted(before + list(guids.values()))
+
+
+def test_a_collector_names_each_file_after_the_label_the_experiment_file_gave(tmp_path: Path) -> None:
+    path = tmp_path / "hello.yaml"
+    path.write_text("""
+version: 1
+exp_id: hello
+resources:
+  host: {type: LinuxNode, attributes: {hostname: localhost}}
+  hello: {type: LinuxApplication, attributes: {command: "echo hello {{ who }}"}}
+  other: {type: LinuxApplication, attributes: {command: "echo other"}}
+  gather: {type: Collector, attributes: {traceName: stdout, subDir: out}}
+parameters:
+  who: {default: world}
+connections: [[hello, host], [other, host], [gather, hello], [gather, other]]
+""")
+    ec = ExperimentController.load(path, {"who": "you"}, nthreads=8, local_dir=tmp_path / "results")
+    try:
+        ec.deploy()
+        ec.wait_finished(ec.filter_resources("LinuxApplication"), timeout=60)
+    finally:
+        ec.shutdown()
+    out = tmp_path / "results" / "hello" / ec.run_id / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["hello.stdout", "other.stdout"]
+    assert (out / "hello.stdout").read_text() == "hello you\n"
