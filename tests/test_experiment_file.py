@@ -364,3 +364,72 @@ connections: [[hello, host], [other, host], [gather, hello], [gather, other]]
     out = tmp_path / "results" / "hello" / ec.run_id / "out"
     assert sorted(p.name for p in out.iterdir()) == ["hello.stdout", "other.stdout"]
     assert (out / "hello.stdout").read_text() == "hello you\n"
+
+
+def test_the_readme_example_reads_and_fits_the_types() -> None:
+    from nepi_dist import ResourceFactory
+
+    from .conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### The experiment file", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    exp = parse_experiment(block, "yaml", "README.md")
+    exp.check(ResourceFactory, {"count": 5})
+    assert exp.points() == [{"count": 1}, {"count": 5}, {"count": 10}]
+
+
+NEPI_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<experiment exp_id="nepi-saved" nthreads="20" run_id="2014-02-10 12:00:00">
+    <rm guid="1" rtype="LinuxNode" state="0">
+        <attributes>
+            <attribute name="hostname" type="string" value="localhost"/>
+            <attribute name="cleanHome" type="bool" value="True"/>
+        </attributes>
+        <connections><connection guid="2"/></connections>
+    </rm>
+    <rm guid="2" rtype="LinuxApplication" state="3" ready_time="20140210120000000000">
+        <attributes><attribute name="command" type="string" value="ping -c 3 127.0.0.1"/></attributes>
+        <connections><connection guid="1"/></connections>
+        <traces><trace name="stdout"/></traces>
+    </rm>
+    <rm guid="5" rtype="Plain" state="0">
+        <attributes><attribute name="count" type="integer" value="4"/></attributes>
+        <conditions><condition action="1" group="[2, 1]" state="4" time="2s"/></conditions>
+    </rm>
+</experiment>
+"""
+
+
+def test_nepi_31s_xml_file_loads_with_its_guids_attributes_traces_connections_and_conditions(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "nepi-saved_20140210120000.xml"
+    path.write_text(NEPI_XML)
+    ec = ExperimentController.load(path, nthreads=4)
+    try:
+        assert ec.exp_id == "nepi-saved" and ec.resources == [1, 2, 5]
+        assert (ec.get(1, "hostname"), ec.get(1, "cleanHome"), ec.get(5, "count")) == ("localhost", True, 4)
+        assert ec.trace_enabled(2, "stdout") and ec.get_resource(1).connections == {2}
+        assert ec.get_resource(5).conditions[ResourceAction.START] == [([2, 1], ResourceState.STARTED, "2s")]
+        assert all(ec.state(g) == ResourceState.NEW for g in ec.resources)
+        saved = yaml.safe_load(Path(ec.save(tmp_path / "ours.yaml")).read_text())
+        assert list(saved["resources"]) == ["node-1", "application-2", "plain-5"]
+    finally:
+        ec.shutdown()
+
+
+@pytest.mark.parametrize(("text", "path", "why"), [
+    ('<!DOCTYPE x [<!ENTITY a "aaaa">]><experiment/>', "/", "declaration is not accepted"),
+    ("<experiment><rm guid='1'", "/", "not valid XML"),
+    ("<scenario/>", "/scenario", "root element"),
+    ("<experiment><rm guid='x' rtype='Plain'/></experiment>", "/experiment/rm[1]@guid", "non-negative integer"),
+    ("<experiment><rm guid='1' rtype='Plain'><conditions><condition action='1' group='__import__(\"os\")' "
+     "state='4'/></conditions></rm></experiment>", "/experiment/rm[1]/conditions/condition[1]@group",
+     "a list of guids"),
+    ("<experiment><rm guid='1' rtype='Plain'><attributes><attribute name='count' type='integer' value='x'/>"
+     "</attributes></rm></experiment>", "/experiment/rm[1]/attributes/attribute[1]@value", "invalid literal"),
+])
+def test_a_bad_nepi_xml_file_is_an_error_naming_the_element(text: str, path: str, why: str) -> None:
+    with pytest.raises(ExperimentFileError) as err:
+        parse_experiment(text, "xml")
+    assert err.value.path == path and why in err.value.reason, str(err.value)

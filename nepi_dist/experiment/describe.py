@@ -117,7 +117,7 @@ def dump(doc: dict[str, Any], fmt: str = "yaml") -> str:
     if fmt == "json":
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     if fmt != "yaml":
-        raise ArgumentValueError(f"unknown format {shown(fmt)}: yaml or json")
+        raise ArgumentValueError(f"unknown format {shown(fmt)}: yaml or json (NEPI's xml is read, not written)")
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)
     return YAML_HEADER + body
 

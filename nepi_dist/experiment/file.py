@@ -33,6 +33,7 @@ import jsonschema
 import yaml
 
 from nepi_dist.errors import ExperimentFileError, NepiError, shown
+from nepi_dist.experiment.nepi_xml import document_from_xml
 from nepi_dist.model.attribute import Flags
 from nepi_dist.model.resource import ResourceManager, ResourceRegistry, default_label
 from nepi_dist.model.state import ResourceAction, ResourceState
@@ -127,17 +128,24 @@ def file_format(path: str) -> str:
         return "yaml"
     if suffix == ".json":
         return "json"
-    raise ExperimentFileError("$", f"unknown file suffix {suffix or '(none)'!r}: use .yaml, .yml or .json",
-                              str(path))
+    if suffix == ".xml":
+        return "xml"
+    raise ExperimentFileError("$", f"unknown file suffix {suffix or '(none)'!r}: use .yaml, .yml, .json "
+                              "(or NEPI 3.1's .xml)", str(path))
 
 
 def parse_text(text: str, fmt: str, source: str | None = None) -> Any:
-    """Return the document a YAML or JSON text holds (no validation), else raise ExperimentFileError."""
+    """Return the document a YAML, JSON (or NEPI 3.1 XML) text holds (no validation), else raise
+    ExperimentFileError."""
     try:
         if fmt == "json":
             return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
         if fmt == "yaml":
             return yaml.load(text, Loader=_Loader)  # a SafeLoader: no object is ever built
+        if fmt == "xml":
+            return document_from_xml(text, source)
+    except ExperimentFileError:
+        raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -467,7 +475,8 @@ class Experiment:
         ordered = sorted(plan["resources"], key=lambda r: r[2] is None)  # stable: file order within each
         for label, rtype, guid, _, _ in ordered:
             guids[label] = g = ec.register_resource(rtype, guid)
-            if label != default_label(rtype, g):
+            written = self._doc["resources"][label]["type"]  # a default label under NEPI's name is one too
+            if label not in (default_label(rtype, g), default_label(written, g)):
                 ec.store.set_fields(g, {"label": label})
         for label, _, _, attrs, traces in plan["resources"]:
             for name, value in attrs.items():
@@ -487,7 +496,7 @@ def parse_experiment(text: str, fmt: str = "yaml", source: str | None = None) ->
 
 
 def read_experiment(path: str | os.PathLike[str]) -> Experiment:
-    """Read and check an experiment file (``.yaml``, ``.yml`` or ``.json``).
+    """Read and check an experiment file (``.yaml``, ``.yml``, ``.json``, or NEPI 3.1's ``.xml``).
 
     Raises :class:`ExperimentFileError` naming the field (its JSON path) and
     why: an unreadable or too large file, bad YAML/JSON, a schema violation,
