@@ -481,7 +481,10 @@ class ExperimentController(RunContext):
             self._force_released(left)
         if everything:
             if self._persist:
-                self.save()
+                try:
+                    self.save()
+                except OSError as exc:  # the run is released all the same; its folder could not be written
+                    self._logger.error("persist: could not save the description into %s: %s", self.run_dir, exc)
             self._store.retire(self._retention)
 
     def _force_released(self, guids: Iterable[int]) -> None:

@@ -280,6 +280,7 @@ class Experiment:
     """
 
     def __init__(self, doc: dict[str, Any], source: str | None = None) -> None:
+        """``doc`` must already fit the schema: use :meth:`from_document`, which checks it first."""
         self._doc = doc
         self.source = source
         self.parameters: dict[str, Parameter] = {}
