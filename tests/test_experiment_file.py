@@ -120,6 +120,7 @@ def test_given_parameter_values_win_and_text_is_converted_to_the_parameters_type
     read_experiment(example).build(ec, {"count": "5", "quiet": "true", "target": "::1"})
     assert ec.get(7, "command") == "ping -c 5 ::1 # quiet=true"
     assert ec.get(9, "count") == 5
+    assert json.loads(ec.store.run_field("params") or "") == {"count": 5, "quiet": True, "target": "::1"}
 
 
 def test_the_api_the_cli_uses_shows_parameters_and_the_sweeps_cartesian_product(example: Path) -> None:

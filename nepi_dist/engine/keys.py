@@ -12,7 +12,8 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
                                  the pending actions, ``reg`` the last registration
                                  (``<token>:<guid>``), ``seq`` and ``groups`` id
                                  counters, ``ldir`` the controller's local_dir,
-                                 ``g:<rtype>:<name>`` global attribute values (JSON)
+                                 ``g:<rtype>:<name>`` global attribute values (JSON),
+                                 ``params`` the experiment file's parameter values (JSON)
 ``P:guids``               zset   every guid of the run (score = guid)
 ``P:rm:<guid>``           hash   ``rtype``, ``state``, ``t<state>`` Redis-clock
                                  timestamps, ``grp`` deployment group, ``cond``

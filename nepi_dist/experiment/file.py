@@ -462,14 +462,18 @@ class Experiment:
         their values, traces, times, guids free in ``ec``): an
         :class:`ExperimentFileError` then, and nothing is registered.
         Resources with a guid are registered first, the others then in file
-        order; then globals, attributes, traces, connections, conditions.
+        order; then globals, attributes, traces, connections, conditions.  The
+        parameter values used are kept in the run's hash, field ``params`` (JSON).
         """
-        plan = self._plan(ec.registry, self.resolve(params))
+        values = self.resolve(params)
+        plan = self._plan(ec.registry, values)
         wanted = [(label, guid) for label, _, guid, _, _ in plan["resources"] if guid is not None]
         taken = set(g for _, g in wanted) - set(ec.store.missing([g for _, g in wanted]))
         for label, guid in wanted:
             if guid in taken:
                 raise self._error(f"guid {guid} is already registered in run {ec.run_id}", "resources", label, "guid")
+        if values:  # the point of a sweep this run is, for whoever lists the runs
+            ec.store.set_run_field("params", json.dumps(values, sort_keys=True))
         for rtype, name, value in plan["globals"]:
             ec.set_global(rtype, name, value)
         guids: dict[str, int] = {}
