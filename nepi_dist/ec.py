@@ -313,10 +313,12 @@ class ExperimentController(RunContext):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], params: Mapping[str, Any] | None = None, **kwargs: Any
+        cls, path: str | os.PathLike[str], params: Mapping[str, Any] | None = None, format: str | None = None,
+        **kwargs: Any,
     ) -> ExperimentController:
         """Return a new controller (``kwargs`` as the constructor's; ``exp_id`` defaults to the
-        file's) with the experiment file at ``path`` registered into it.
+        file's) with the experiment file at ``path`` registered into it, built with ``params``.
+        ``format`` (NEPI's argument) is not needed: the file's suffix tells.
 
         A bad file raises :class:`~nepi_dist.errors.ExperimentFileError` naming
         the field and why, and no controller is left running.
