@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,13 @@ from nepi_dist.errors import AttributeValueError, WaitTimeoutError
 from nepi_dist.model.attribute import Flags, Types
 from nepi_dist.model.resource import ResourceFactory, ResourceManager
 from nepi_dist.resources.linux.application import LinuxApplication
+from nepi_dist.resources.linux.channel import LinuxChannel
+from nepi_dist.resources.linux.netdev import LiveLink
 from nepi_dist.resources.linux.node import LinuxNode
+from nepi_dist.resources.linux.tunnel import LinuxTunnel
 
 from .conftest import ROOT, SSHServer
+from .testbed import Testbed, _used_third_octets
 
 #: What a tool needs to run briefly, unless it is the attribute under test.
 BASE = {
@@ -53,22 +59,37 @@ def payloads(marker: Path) -> list[str]:
     ]
 
 
-def linux_types() -> dict[str, type[ResourceManager]]:
-    """Every registered Linux RM type (nodes and applications), entry points included."""
+def all_linux_types() -> dict[str, type[ResourceManager]]:
+    """Every registered Linux RM type, entry points included."""
     ResourceFactory.load_entry_points()
     return {name: cls for name, cls in ResourceFactory.resource_types().items()
-            if issubclass(cls, (LinuxNode, LinuxApplication))}
+            if cls.__module__.startswith("nepi_dist.resources.linux")}
 
 
-def string_attributes(cls: type[ResourceManager]) -> list[str]:
+def is_network(cls: type[ResourceManager]) -> bool:
+    """A type that makes network devices: tried on a testbed host (a network namespace), not here."""
+    return issubclass(cls, (LiveLink, LinuxTunnel, LinuxChannel))
+
+
+def linux_types() -> dict[str, type[ResourceManager]]:
+    """The Linux RM types tried on localhost and over SSH: nodes and applications."""
+    return {name: cls for name, cls in all_linux_types().items() if not is_network(cls)}
+
+
+def string_attributes(cls: type[ResourceManager], skip: set[str] | None = None) -> list[str]:
     return sorted(a.name for a in cls.get_attributes()
-                  if a.type is Types.String and not a.has_flag(Flags.Command) and not a.has_flag(Flags.ReadOnly))
+                  if a.type is Types.String and not a.has_flag(Flags.Command) and not a.has_flag(Flags.ReadOnly)
+                  and a.name not in (skip or set()))
 
 
 def test_every_linux_type_and_its_string_attributes_are_covered() -> None:
     types = linux_types()
     assert {"linux::Node", "linux::Application", "linux::Ping", "linux::Traceroute", "linux::Tcpdump",
             "linux::UdpTest"} <= set(types)
+    network = {n for n, c in all_linux_types().items() if is_network(c)}
+    assert {"linux::Interface", "linux::Tap", "linux::Tun", "linux::UdpTunnel", "linux::GRETunnel",
+            "linux::Channel"} <= network
+    assert set(types) | network == set(all_linux_types())
     assert "command" not in string_attributes(types["linux::Application"])
     assert {"env", "depends", "sources", "stdin", "code"} <= set(string_attributes(types["linux::Application"]))
     assert {"hostname", "username", "identity", "worker"} <= set(string_attributes(types["linux::Node"]))
@@ -151,4 +172,81 @@ def test_no_string_attribute_of_a_linux_rm_runs_a_second_command(
     finally:
         ec.shutdown()
     assert all(ec.state(g) == ResourceState.RELEASED for _, _, g in tried)
+    assert _found(marker, _temporary_home) == []
+
+
+# -- network types, on a testbed of two hosts (network namespaces) ---------------------
+
+
+@pytest.fixture(scope="module")
+def testbed() -> Iterator[Testbed]:
+    bed = Testbed(hosts=2).up()
+    try:
+        yield bed
+    finally:
+        bed.close()
+    assert bed.leftovers() == [], f"the testbed left {bed.leftovers()}"
+
+
+def test_no_string_attribute_of_a_network_rm_runs_a_second_command(testbed: Testbed, tmp_path: Path,
+                                                                   _temporary_home: Path) -> None:
+    """Interfaces, taps, tuns and the tunnels joining them, on the hosts' own network namespaces.
+
+    Each attribute a network type adds to a LinuxApplication (whose own are tried above) gets
+    each payload; a tap's or a tun's is tried on an end of a GRE or a UDP tunnel, so that the
+    tunnel's commands read it too.
+    """
+    marker = tmp_path / "pwned"
+    octet = random.choice(sorted(set(range(100, 250)) - _used_third_octets()))
+    count = iter(range(1, 60000))
+    types = all_linux_types()
+    app_attributes = {a.name for a in LinuxApplication.get_attributes()}
+    tried: list[tuple[str, str, list[int]]] = []
+
+    def address() -> str:
+        n = next(count)
+        return f"10.{octet}.{n // 250}.{n % 250 + 1}"
+
+    def make(ec: ExperimentController, rtype: str, *connect: int, **attrs: object) -> int:
+        guid = ec.register_resource(rtype)
+        ec.set(guid, "critical", False)
+        for name, value in attrs.items():
+            ec.set(guid, name, value)
+        for other in connect:
+            ec.register_connection(guid, other)
+        return guid
+
+    def node(ec: ExperimentController, k: int) -> int:
+        return make(ec, "LinuxNode", worker=testbed.host(k))
+
+    ec = ExperimentController(redis_url=testbed.url, local_worker=True)
+    try:
+        for value in payloads(marker)[:4]:
+            for rtype in ("linux::Interface", "linux::Tap", "linux::Tun"):
+                for name in string_attributes(types[rtype], skip=app_attributes):
+                    n1, n2 = node(ec, 1), node(ec, 2)
+                    if rtype == "linux::Interface":
+                        rm = make(ec, rtype, n1, ip4=testbed.address(1))  # found by its address
+                        group = [n1, rm]
+                    else:
+                        rm = make(ec, rtype, n1, ip4=address(), prefix4=16)
+                        other = make(ec, rtype, n2, ip4=address(), prefix4=16)
+                        gre = rtype == "linux::Tap" and name.startswith("gre")  # what only GRE reads
+                        tunnel = "linux::GRETunnel" if gre else "linux::UdpTunnel"
+                        group = [n1, n2, rm, other, make(ec, tunnel, rm, other)]
+                    try:
+                        ec.set(rm, name, value)
+                    except AttributeValueError:
+                        continue  # refused up front: nothing written
+                    tried.append((rtype, name, group))
+        assert len(tried) >= 4
+        for _rtype, _name, group in tried:
+            ec.deploy(group)
+        every = [g for _, _, group in tried for g in group[-3:]]
+        with contextlib.suppress(WaitTimeoutError):
+            ec.wait_started(every, timeout=90)
+        reached = [t for t, _, group in tried if ec.state(group[2 if len(group) > 2 else 1]) != ResourceState.NEW]
+        assert len(reached) == len(tried), "every value reached its host"
+    finally:
+        ec.shutdown()
     assert _found(marker, _temporary_home) == []
