@@ -187,6 +187,8 @@ class ExperimentController(RunContext):
         self._redis: EmbeddedRedis | None = None
         self._worker: EmbeddedWorker | None = None
         self._fm: FailureManager | None = None
+        #: Credential values a shutdown took out of the store, for new_run (never written anywhere).
+        self._kept_credentials: dict[int, dict[str, str]] = {}
         self._state = ECState.RUNNING
         if not url:
             self._redis = EmbeddedRedis().start()
@@ -339,7 +341,7 @@ class ExperimentController(RunContext):
         settings = {**self._settings, "exp_id": self.exp_id, **kwargs}
         ec = type(self)(**settings)
         try:
-            Experiment.from_document(describe(self)).build(ec)
+            Experiment.from_document(describe(self, credentials=True, kept=self._kept_credentials)).build(ec)
         except BaseException:
             ec.shutdown()
             raise
@@ -516,7 +518,8 @@ class ExperimentController(RunContext):
         """Drop the values of Credential attributes from ``snapshot`` and from the run's keys in Redis.
 
         The run is released: no action needs them any more, and the run's keys
-        stay in Redis for the retention time (``$NEPI_DIST_RETENTION``).
+        stay in Redis for the retention time (``$NEPI_DIST_RETENTION``).  This
+        process keeps them in memory only, for :meth:`new_run`.
         """
         pipe = self._store.client.pipeline(transaction=False)
         for guid, fields in snapshot["rms"].items():
@@ -526,7 +529,7 @@ class ExperimentController(RunContext):
                 continue
             names = [f"a:{a.name}" for a in rclass.get_attributes() if a.is_credential and f"a:{a.name}" in fields]
             for name in names:
-                del fields[name]
+                self._kept_credentials.setdefault(int(guid), {})[name] = fields.pop(name)
             if names:
                 pipe.hdel(self._store.keys.rm(guid), *names)
         pipe.execute()

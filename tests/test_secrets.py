@@ -132,7 +132,7 @@ def test_no_canary_reaches_a_log_the_events_a_message_a_snapshot_or_a_file(
     url = redis_server.url
     caplog.set_level(logging.DEBUG)
     with Monitor(url) as monitor:
-        ec = ExperimentController(redis_url=url)
+        ec = ExperimentController(redis_url=url, local_dir=str(_temporary_home / "runs"), persist=True)
         node = ec.register_resource("linux::Node")
         for name, value in dict(hostname="127.0.0.1", port=sshd.port, username=sshd.username,
                                 serverKey=sshd.server_key, identity=CANARIES["identity"],
@@ -165,6 +165,8 @@ def test_no_canary_reaches_a_log_the_events_a_message_a_snapshot_or_a_file(
         errors = {g: ec.get_resource(g).error_message or "" for g in (node, holder)}
         assert all(MASK in text for text in errors.values()), errors
         events = ec.store.client.xrange(ec.store.keys.events)
+        serialized = ec.serialize() + ec.serialize("json")
+        saved = Path(ec.save(_temporary_home / "saved.yaml")).read_text()
         ec.shutdown()
     assert ec.get(node, "identity") is None and ec.get(holder, "token") is None, "gone from the snapshot"
 
@@ -186,6 +188,15 @@ def test_no_canary_reaches_a_log_the_events_a_message_a_snapshot_or_a_file(
                          env=dict(os.environ, PYTHONPATH=str(ROOT), NEPI_DIST_REDIS_URL=url),
                          capture_output=True, check=True)
     assert found_in(out.stdout + out.stderr) == []
+    assert found_in(serialized + saved) == [] and "hostname" in saved, "experiment files keep no credential"
+    assert list((_temporary_home / "runs").rglob("*.yaml")), "the persisted description was written"
+
+    again = ec.new_run()  # the next run of the same experiment still has its credentials (kept in memory)
+    try:
+        assert again.get(node, "identity") == CANARIES["identity"]
+        assert again.get(holder, "token") == CANARIES["token"]
+    finally:
+        again.shutdown()
 
 
 def test_a_credential_refused_by_its_type_is_not_shown_in_the_error(ec: ExperimentController) -> None:
@@ -215,7 +226,7 @@ def ssh_node(ec: ExperimentController, sshd: SSHServer, **attrs: object) -> tupl
     ec.set(app, "command", "echo in")
     ec.register_connection(app, node)
     ec.deploy()
-    ec.wait_finished([node, app], timeout=60)
+    ec.wait_finished(app, timeout=60)  # or the run aborts: the node is critical
     return node, app
 
 

@@ -49,8 +49,23 @@ def _labels(guids: list[int], hashes: list[dict[str, str]]) -> dict[int, str]:
     return labels
 
 
-def describe(ec: RunContext) -> dict[str, Any]:
-    """Return the run's description as an experiment file's document (see the module docstring)."""
+def _credentials(ec: RunContext, rtype: str) -> set[str]:
+    """The names of the Credential attributes of ``rtype`` (none for a type this process does not know)."""
+    try:
+        rclass = ec._registry.get_resource_type(rtype)
+    except KeyError:
+        return set()
+    return {a.name for a in rclass.get_attributes() if a.is_credential}
+
+
+def describe(ec: RunContext, credentials: bool = False,
+             kept: dict[int, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Return the run's description as an experiment file's document (see the module docstring).
+
+    Values of Credential attributes are left out (a file is read by others, and kept), unless
+    ``credentials`` (a description copied into a new run in memory, never written); ``kept``
+    adds those a shutdown took out of the store (guid -> field -> stored value).
+    """
     store = ec.store
     guids = store.guids()
     hashes = store.rm_all_many(guids)
@@ -60,14 +75,18 @@ def describe(ec: RunContext) -> dict[str, Any]:
     for field, raw in sorted(store.run_fields().items()):
         if field.startswith("g:"):
             rtype, _, name = field[2:].rpartition(":")
-            globals_.setdefault(rtype, {})[name] = _value(raw)
+            if credentials or name not in _credentials(ec, rtype):
+                globals_.setdefault(rtype, {})[name] = _value(raw)
     if globals_:
         doc["globals"] = globals_
     resources: dict[str, Any] = {}
     conditions: list[dict[str, Any]] = []
     for g, h in zip(guids, hashes, strict=True):
         entry: dict[str, Any] = {"type": h.get("rtype", ""), "guid": g}
-        attrs = {f[2:]: _value(v) for f, v in sorted(h.items()) if f.startswith("a:")}
+        hidden = set() if credentials else _credentials(ec, h.get("rtype", ""))
+        if credentials and kept and g in kept:
+            h = {**h, **kept[g]}
+        attrs = {f[2:]: _value(v) for f, v in sorted(h.items()) if f.startswith("a:") and f[2:] not in hidden}
         if attrs:
             entry["attributes"] = attrs
         traces = sorted(f[3:] for f, v in h.items() if f.startswith("tr:") and v == "1")
