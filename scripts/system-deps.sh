@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the Linux-resource tests use: an sshd to log into, and the tools the
 # ready-made RMs run (ping, traceroute, tcpdump, iperf3, nc, gcc, mtr, nping, and python3 for
-# the UDP tunnel's forwarder), and systemd-analyze, which checks deploy/systemd/.  Installs
+# the UDP tunnel's forwarder), systemd-analyze, which checks deploy/systemd/, and a redis-server
+# built with TLS.  Installs
 # only what is missing; needs root (or passwordless sudo) and Debian's apt-get.
 set -euo pipefail
 need=()
@@ -17,6 +18,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v gcc >/dev/null || need+=(gcc)
 command -v ip >/dev/null || need+=(iproute2)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# Debian's redis-server 7 (built with TLS, ACL key permissions): tests/test_tls.py, tests/test_acl.py.
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo -n"
