@@ -52,6 +52,11 @@ class AttributeValueError(NepiError, ValueError):
     """Raised when a value breaks its attribute's type, range or allowed set."""
 
 
+class UnsupportedAttributeError(AttributeValueError):
+    """Raised when an attribute NEPI declared is set to a value nepi_dist cannot honour on
+    this platform (an hpcbench option iperf3 has no equivalent for, X11 forwarding, ...)."""
+
+
 class ReadOnlyAttributeError(NepiError, PermissionError):
     """Raised when a ReadOnly attribute is set, or an ExecReadOnly one after deploy."""
 
