@@ -37,6 +37,8 @@ from nepi_dist import (
 )
 from nepi_dist.resources.linux.node import PACKAGE_LOCK
 
+from .conftest import SSHServer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # -- NEPI's declarations, written down from its sources (names only) -------------------------------
@@ -620,3 +622,35 @@ def test_a_nepi_style_script_importing_only_nepi_runs_unchanged(script: Path, tm
                           text=True, timeout=240)
     assert proc.returncode == 0, f"{shlex.quote(str(script))} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
     assert "OK" in proc.stdout.splitlines()[-1]
+
+
+# -- host rules: cleanProcessesAfter ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_clean_processes_after_kills_at_release_what_still_runs_from_the_experiment_on_a_remote_host(
+    clean: bool, ec: ExperimentController, sshd: SSHServer
+) -> None:
+    node = ec.register_resource("LinuxNode")
+    for name, value in dict(hostname="127.0.0.1", port=sshd.port, username=sshd.username,
+                            identity=sshd.identity, serverKey=sshd.server_key, cleanProcessesAfter=clean).items():
+        ec.set(node, name, value)
+    # The application ends at once, leaving a process of its own session behind (its group is gone).
+    a = ec.register_resource("LinuxApplication")
+    ec.set(a, "code", "#!/bin/bash\nsleep 300\n")
+    ec.set(a, "command", "setsid ${APP_HOME}/code > /dev/null 2>&1 < /dev/null & echo left")
+    ec.register_connection(a, node)
+    ec.deploy()
+    ec.wait_finished(a, timeout=60)
+    pattern = f"{ec.get_resource(node).exp_home}/app-{a}/code"  # type: ignore[attr-defined]
+
+    def alive() -> bool:
+        return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+    assert alive()
+    ec.release()
+    ec.wait_released([a, node], timeout=60)
+    try:
+        assert alive() is not clean
+    finally:
+        subprocess.run(["pkill", "-f", pattern], capture_output=True)

@@ -293,7 +293,7 @@ class LinuxNode(ResourceManager):
         such a path.
         """
         folder = (folder or self.exp_dir).rstrip("/")
-        pattern = _ere_literal(folder[:-1]) + f"[{_ere_literal(folder[-1])}]/"
+        pattern = _ere_literal(folder[:-1]) + f"[{folder[-1]}]/"  # in brackets a character is literal
         return f"pkill -KILL -u \"$(id -u)\" -f {shlex.quote(pattern)} 2>/dev/null; true"
 
     def do_start(self) -> None:
