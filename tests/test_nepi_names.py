@@ -35,9 +35,10 @@ from nepi_dist import (
     UnknownAttributeError,
     UnsupportedAttributeError,
 )
+from nepi_dist.engine.embedded import EmbeddedRedis
 from nepi_dist.resources.linux.node import PACKAGE_LOCK
 
-from .conftest import SSHServer
+from .conftest import SSHServer, start_worker_process, stop_process, wait_for_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -654,3 +655,38 @@ def test_clean_processes_after_kills_at_release_what_still_runs_from_the_experim
         assert alive() is not clean
     finally:
         subprocess.run(["pkill", "-f", pattern], capture_output=True)
+
+
+def test_two_worker_processes_installing_one_missing_package_on_one_host_take_turns(
+    missing_dummy: dict[str, str], redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One action at a time per worker: while one holds the host's package lock, the other one
+    # takes the next deploy, so both worker processes reach the host (its $PPID in build says which).
+    procs = [start_worker_process(redis_server.url, f"pkg{i}", 1) for i in (1, 2)]
+    try:
+        wait_for_workers(redis_server.url, 2)
+        monkeypatch.setenv("NEPI_DIST_REDIS_URL", redis_server.url)
+        ec = ExperimentController()
+        since = log_size()
+        node = ec.register_resource("LinuxNode")
+        apps = []
+        for _ in range(4):
+            a = ec.register_resource("LinuxApplication")
+            ec.set(a, "depends", DUMMY)
+            ec.set(a, "build", "echo worker $PPID")
+            ec.set(a, "command", "true")
+            ec.register_connection(a, node)
+            apps.append(a)
+        ec.deploy()
+        ec.wait_finished(apps, timeout=300)
+        outs = [ec.trace(a, "deploy_stdout") for a in apps]
+        states = [ec.state(a) for a in apps]
+        ec.shutdown()
+    finally:
+        for p in procs:
+            stop_process(p)
+    assert states == [ResourceState.FINISHED] * 4, outs
+    workers = {re.search(r"^worker (\d+)$", o, re.M).group(1) for o in outs}  # type: ignore[union-attr]
+    assert workers == {str(p.pid) for p in procs}
+    assert sum(f"nepi_dist: installing {DUMMY} " in o for o in outs) == 1, outs
+    assert len(dpkg_installs(since)) == 1
