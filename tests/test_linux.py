@@ -186,7 +186,7 @@ def test_a_collector_gathers_every_applications_stdout(
     ec.shutdown()
     run_dir = tmp_path / ec.exp_id / ec.run_id
     for i, a in enumerate(apps):
-        assert (run_dir / f"{a}.stdout").read_text() == f"app {i}\n"
+        assert (run_dir / f"application-{a}.stdout").read_text() == f"app {i}\n"
 
 
 def test_fifty_pings_on_one_node_all_finish(ec: ExperimentController, node: int) -> None:

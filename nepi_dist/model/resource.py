@@ -13,6 +13,7 @@ import builtins
 import functools
 import json
 import logging
+import re
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -90,6 +91,19 @@ def check_action(value: Any) -> ResourceAction:
     if isinstance(value, int) and not isinstance(value, bool) and value in _ACTIONS:
         return ResourceAction(value)
     raise ConditionError(f"unknown action {shown(value)}")
+
+
+_UNSAFE_IN_NAME = re.compile(r"[^a-z0-9_.-]+")
+
+
+def default_label(rtype: str, guid: int) -> str:
+    """The label of an RM that was given none: its type's short name and its guid.
+
+    ``linux::Application`` guid 2 is ``application-2``: a file name and an
+    experiment file's key as it is (see :func:`nepi_dist.model.trace.result_file_name`).
+    """
+    short = _UNSAFE_IN_NAME.sub("-", rtype.rsplit("::", 1)[-1].lower()).strip("-.") or "rm"
+    return f"{short}-{guid}"
 
 
 def _encode(value: Any) -> str:
@@ -288,6 +302,11 @@ class ResourceManager:
     def error_message(self) -> str | None:
         """The error recorded when the RM failed, if any."""
         return self._store.rm_field(self._guid, "err")
+
+    @property
+    def label(self) -> str:
+        """The name the experiment file gave this RM, else :func:`default_label` (``application-2``)."""
+        return self._store.rm_field(self._guid, "label") or default_label(self._rtype, self._guid)
 
     @property
     def deployment_group(self) -> int | None:
@@ -747,7 +766,8 @@ class ResourceRegistry:
         """Register every ResourceManager subclass with its own ``_rtype`` that a module defines."""
         members = [target] if isinstance(target, type) else list(vars(target).values())
         for obj in members:
-            if isinstance(obj, type) and issubclass(obj, ResourceManager) and "_rtype" in vars(obj):
+            if (isinstance(obj, type) and issubclass(obj, ResourceManager) and obj is not ResourceManager
+                    and "_rtype" in vars(obj)):
                 self.register_type(obj)
 
     def get_resource_type(self, rtype: str) -> type[ResourceManager]:
