@@ -202,7 +202,7 @@ PING_FLAGS = [
     ("quiet", True, "-q"), ("recordRoute", True, "-R"), ("routeBypass", True, "-r"),
     ("packetSize", 100, "-s 100"), ("sendBuff", 4, "-S 4"), ("ttl", 9, "-t 9"), ("timestamp", "tsonly", "-T tsonly"),
     ("hint", "do", "-M do"), ("fullLatency", True, "-U"), ("verbose", True, "-v"), ("flood", True, "-f"),
-    ("deadline", 4, "-w 4"), ("timeout", 2, "-W 2.0"),
+    ("deadline", 4, "-w 4"), ("timeout", 2, "-W 2"), ("timeout", 0.5, "-W 0.5"),
 ]
 
 
@@ -222,7 +222,7 @@ def test_ping_options_come_in_nepis_order_and_print_timestamp_prints_the_date_fi
     ec: ExperimentController,
 ) -> None:
     command = command_of(ec, "LinuxPing", target="h", timeout=1, count=2, printTimestamp=True, numeric=True)
-    assert command == "date +%Y%m%d%H%M%S; ping -c 2 -n -W 1.0 h"
+    assert command == "date +%Y%m%d%H%M%S; ping -c 2 -n -W 1 h"
 
 
 TCPDUMP_BOOLS = "A b d dd ddd D e I K l U n N S t tt ttt tttt ttttt v vv vvv".split()  # noqa: SIM905

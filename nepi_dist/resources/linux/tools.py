@@ -86,8 +86,15 @@ class LinuxTool(LinuxApplication):
         return "client"
 
     def _flag_value(self, opt: Option, value: Any) -> str:
-        """The command-line text of ``opt`` set to ``value`` (tools map some values)."""
-        return opt.flag if opt.type is Types.Bool else f"{opt.flag} {shlex.quote(str(value))}"
+        """The command-line text of ``opt`` set to ``value`` (tools map some values).
+
+        A whole Double is written as an integer (``-W 2``, not ``-W 2.0``, which older tools refuse).
+        """
+        if opt.type is Types.Bool:
+            return opt.flag
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return f"{opt.flag} {shlex.quote(str(value))}"
 
     def tool_command(self) -> str:
         """The tool's own command line: binary, flags in declaration order, positional values."""
