@@ -33,7 +33,7 @@ from nepi_dist import ExperimentController, ResourceAction, ResourceState
 from nepi_dist.engine.connection import redis_client
 from nepi_dist.engine.embedded import EmbeddedRedis
 from nepi_dist.engine.heartbeat import HEARTBEAT_EVERY, live_workers
-from nepi_dist.engine.keeper import OUTBOX_GRACE
+from nepi_dist.engine.keeper import LOST_GRACE
 from nepi_dist.engine.routing import POOL_QUEUE
 from nepi_dist.engine.store import Store
 
@@ -93,7 +93,7 @@ def test_a_message_popped_by_a_consumer_that_died_before_recording_it_is_sent_ag
         took = time.monotonic() - popped
         assert ec.state(g) == ResourceState.FINISHED
         assert ledger_lines(ledger) == ["first"], "the start ran once"
-        assert VISIBILITY <= took <= VISIBILITY + OUTBOX_GRACE + 15, took
+        assert VISIBILITY <= took <= VISIBILITY + LOST_GRACE + 15, took
         assert ec.store.client.hlen(ec.store.keys.sent) == 0, "every action was claimed: nothing left to re-send"
     finally:
         ec.shutdown()

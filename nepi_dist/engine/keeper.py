@@ -47,6 +47,11 @@ KEEP_EVERY = 0.5
 LEASE_MS = 5000
 #: Seconds an outbox entry waits for its own publisher before a keeper re-sends it.
 OUTBOX_GRACE = 2.0
+#: Seconds past its due time plus the visibility timeout a published action may stay unclaimed
+#: before a keeper sends it again: by then kombu would have restored a message a worker held
+#: (it restores 10 at a time, so a dead worker's many messages may come back later: the copy
+#: the keeper sends then is a harmless duplicate, the claim runs the action once).
+LOST_GRACE = 1.0
 
 
 def keep(ctx: RunContext) -> None:
@@ -65,7 +70,7 @@ def keep(ctx: RunContext) -> None:
     if stale:
         log.warning("run %s/%s: re-publishing %d actions left in the outbox", store.exp_id, store.run_id, len(stale))
         ctx._dispatch(stale, from_outbox=True)
-    lost = store.lost_sends(older_than=float(ctx._app.conf.nepi_visibility_timeout) + OUTBOX_GRACE)
+    lost = store.lost_sends(older_than=float(ctx._app.conf.nepi_visibility_timeout) + LOST_GRACE)
     if lost:
         log.warning("run %s/%s: re-publishing %d actions whose message was lost", store.exp_id, store.run_id,
                     len(lost))

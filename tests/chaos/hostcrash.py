@@ -361,6 +361,8 @@ class RunKeys:
     outbox: dict[str, str]
     unacked: dict[str, Message]
     queued: dict[str, Message]
+    #: guid -> the states its events in the run's stream record, with their times.
+    events: dict[int, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
 
     def about(self, guid: int, aids: Sequence[str], since: float) -> str:
         """What these keys say of ``guid`` and its actions ``aids`` (times relative to ``since``)."""
@@ -371,6 +373,8 @@ class RunKeys:
             if field in rm:
                 parts.append(f"{field}={float(rm[field]) - since:+.2f}")
         parts.append(f"tx=[{rm.get('tx', '')[:38]}]")
+        parts.append("events=[" + " ".join(f"{ResourceState(st).name}@{t - since:+.2f}"
+                                           for st, t in self.events.get(guid, [])) + "]")
         for aid in aids:
             bits = []
             if aid in self.pending:
@@ -403,8 +407,11 @@ def read_keys(client: redis.Redis, keys: Keys, guids: Sequence[int], queue: str 
         msg = decode_message(raw, run)
         if msg is not None:
             queued[msg.tag] = msg
+    events: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
+    for _, f in client.xrange(keys.events):
+        events[int(f["g"])].append((int(f["s"]), float(f["t"])))
     return RunKeys(rms, dict(client.zrange(keys.pending, 0, -1, withscores=True)), client.hgetall(keys.running),
-                   client.hgetall(keys.outbox), unacked, queued)
+                   client.hgetall(keys.outbox), unacked, queued, dict(events))
 
 
 def keys_of_image(image: Path, binary: str, keys: Keys, guids: Sequence[int]) -> RunKeys:
@@ -467,8 +474,11 @@ CAUSES = {
     "C": "its claim survived, FINISHED (and its finish and ack) were lost: the claim is held by a live worker that no "
          "longer runs it; the restored message reached the other worker, which waits for the holder and re-publishes "
          "itself every heartbeat: the RM stays STARTED",
-    "D": "a message of it was lost (popped, its unacked entry dropped) while its pending entry survived: nobody "
-         "re-sends it",
+    "D": "a message of it was lost (popped, its unacked entry dropped) while its pending entry survived: the "
+         "keeper re-sends it from P:sent a visibility timeout after it was due",
+    "E": "not an anomaly of the run: the ledger lacks an effect line that the run's event stream has (the "
+         "transition was applied, its reply lost with Redis; the replay found its own token and answered "
+         "'unchanged', so the RM wrote no effect line)",
 }
 
 
@@ -478,6 +488,8 @@ def cause(what: str, ws: Sequence[Write]) -> str:
     after = [w.kind for w in ws if w.when == "after"]
     if "lost" in what and "unacked+" in dropped and "deliver" not in dropped:
         return "D"
+    if "lost" in what and "missing from the stream" not in what and "stuck" not in what and "twice" not in what:
+        return "E"
     if "claim" in dropped and "twice" in what:
         return "A"
     if "transition" in dropped and "running+" in after and "twice" in what:
@@ -500,9 +512,13 @@ def explain(run: Run, cut: Cut, rw: RunWrites, at_restart: RunKeys, at_end: RunK
         for action in ("start", "finish"):
             n = len(effects.get((g, action), []))
             if n == 0:
-                found[g].append(f"{action} lost")
+                found[g].append(f"{action} lost")  # from the ledger: see cause E
             elif n > 1:
                 found[g].append(f"{action} ran twice")
+        recorded = {st for st, _ in at_end.events.get(g, [])}
+        for action, st in (("start", ResourceState.STARTED), ("finish", ResourceState.FINISHED)):
+            if int(st) not in recorded:
+                found[g].append(f"{action} missing from the stream")
         if states.get(g) != "FINISHED":
             found[g].append(f"stuck {states.get(g)}")
     out = []
