@@ -472,13 +472,19 @@ CAUSES = {
          "the claim holder's own worker, which takes a claim of its own worker as one it gave up and resumes the "
          "action: the lost transitions, and their effects, ran again",
     "C": "its claim survived, FINISHED (and its finish and ack) were lost: the claim is held by a live worker that no "
-         "longer runs it; the restored message reached the other worker, which waits for the holder and re-publishes "
-         "itself every heartbeat: the RM stays STARTED",
+         "longer runs it; the restored message reached the other worker, which waits for the holder (since issue 9 "
+         "the holder gives such a claim up at its next heartbeat, and the action is resumed)",
     "D": "a message of it was lost (popped, its unacked entry dropped) while its pending entry survived: the "
          "keeper re-sends it from P:sent a visibility timeout after it was due",
     "E": "not an anomaly of the run: the ledger lacks an effect line that the run's event stream has (the "
          "transition was applied, its reply lost with Redis; the replay found its own token and answered "
          "'unchanged', so the RM wrote no effect line)",
+    "F": "STARTED (and the claim) fell in the lost second while the body still ran: after the restart its "
+         "set_finished() took the RM from READY to FINISHED; the effects ran once, but the run's history lacks "
+         "STARTED",
+    "G": "the RM's last transitions fell in the lost second, but the worker's finish and ack came after Redis was "
+         "back: nothing runs the start again and the RM stays where Redis lost it, READY or STARTED (exactly-once "
+         "cannot hold across lost acknowledged writes)",
 }
 
 
@@ -494,8 +500,12 @@ def cause(what: str, ws: Sequence[Write]) -> str:
         return "A"
     if "transition" in dropped and "running+" in after and "twice" in what:
         return "B"
+    if "stuck" in what and "transition" in dropped and "finish" in after and "running+" not in after:
+        return "G"
     if "stuck" in what and "transition" in dropped and "running+" not in after:
         return "C"
+    if what == "start missing from the stream" and "transition" in dropped:
+        return "F"
     return "?"
 
 
