@@ -7,9 +7,13 @@ stream, the deployment-group count, and the critical-failure mark.
 
 Actions that a script decides to run (woken waiters, group starts, due
 timers) are written to the run's *outbox* and *pending* set in the same
-script; the caller publishes them and then clears the outbox.  If the caller
-dies in between, the failure manager's sweep publishes them again; the claim
-on the action id makes a second delivery a no-op.
+script; the caller publishes them and then moves them from the outbox to
+``sent``, where each payload stays until the action's claim.  If the caller
+dies in between, a keeper publishes the outbox again; if a message is lost
+on its way (a consumer or a Redis that dies between kombu's pop and its
+record of the message as unacknowledged), a keeper sends it again from
+``sent`` once it is a visibility timeout overdue.  The claim on the action
+id makes a second delivery a no-op.
 """
 
 from __future__ import annotations
