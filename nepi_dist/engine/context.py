@@ -438,7 +438,7 @@ class RunContext:
             self._store.add_outbox(items)
             buffer.add(items)
         else:
-            self._store.add_pending((aid, d) for aid, _, d in items)
+            self._store.add_pending(items)
             self._dispatch(items, from_outbox=False)
         return [aid for aid, _, _ in items]
 

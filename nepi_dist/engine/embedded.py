@@ -57,15 +57,20 @@ class EmbeddedRedis:
     It listens on ``bind`` (loopback by default; a testbed whose hosts are
     network namespaces binds it to the root side of their links).  With
     ``appendonly`` it logs every write to an append-only file in
-    ``persist_dir`` (fsync every second), so a server started again on the
-    same directory comes back with the data.
+    ``persist_dir``, fsynced before each reply (``appendfsync always``: a
+    crash of the host loses no write a client was told of; README,
+    Reliability), so a server started again on the same directory comes
+    back with the data.  Without it (the controller's default, whose data
+    lives and dies with the controller) it keeps nothing on disk.
     """
 
     def __init__(self, port: int | None = None, persist_dir: str | None = None, bind: str = "127.0.0.1",
-                 appendonly: bool = False) -> None:
+                 appendonly: bool = False, appendfsync: str = "always") -> None:
         self.bind = bind
         self.port = port or free_port(bind)
         self.appendonly = appendonly
+        #: ``always`` (the default) or ``everysec`` (to measure what ``always`` costs: ``bench/``).
+        self.appendfsync = appendfsync
         self._dir = persist_dir or tempfile.mkdtemp(prefix="nepi-redis-")
         self._own_dir = persist_dir is None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -89,7 +94,7 @@ class EmbeddedRedis:
             "--dir", self._dir,
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--loglevel", "notice",
             "--logfile", "",

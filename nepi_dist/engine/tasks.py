@@ -30,7 +30,7 @@ from nepi_dist.engine.connection import check_no_eviction, redis_client
 from nepi_dist.engine.context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
 from nepi_dist.engine.heartbeat import HEARTBEAT_EVERY, HEARTBEAT_TTL, beat, clear_dead_in_my_space
 from nepi_dist.engine.keeper import Keeper
-from nepi_dist.engine.keys import worker_key
+from nepi_dist.engine.keys import RUNS_KEY, parse_run_member, worker_key
 from nepi_dist.engine.routing import POOL_QUEUE, this_worker_host
 from nepi_dist.engine.store import Store
 from nepi_dist.errors import ActionError, UnknownResourceTypeError
@@ -88,6 +88,7 @@ class WorkerRuntime:
             try:
                 self._beat()
                 self._give_up_abandoned()
+                self._give_up_orphans()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -124,6 +125,36 @@ class WorkerRuntime:
                     self._abandoned.extend((store, aid, token) for aid, token in claims)
                 raise
             log.warning("gave up %d claims that a Redis error cut short: they will be resumed", given)
+
+    def _give_up_orphans(self) -> int:
+        """Give up every claim of this worker whose action it no longer runs; return how many.
+
+        Such a claim is left when Redis lost the write that ended it (a crash
+        of its host under ``appendfsync everysec``, a failover to a replica
+        behind): its holder is alive, so no other worker takes it over, and
+        the holder never looks at it again.  Given up, the next delivery of
+        the action takes it over and resumes it.  Safe against a race: an
+        action runs here from before its claim is written until after its
+        finish, and a claim is given up only under its own token (a claim
+        taken again since has another).
+        """
+        given = 0
+        for member in self.client.zrange(RUNS_KEY, 0, -1):
+            ids = parse_run_member(member)
+            if ids is None:
+                continue
+            store = self.context(*ids).store
+            claims = store.claims_of(self.worker_id)  # read before the snapshot of what runs here
+            if not claims:
+                continue
+            with self._lock:
+                orphans = [(aid, token) for aid, token in claims if (store.keys.prefix, aid) not in self._running]
+            if orphans:
+                n = store.unclaim(orphans)
+                given += n
+                log.warning("run %s/%s: gave up %d claims of this worker that no action here runs (Redis lost "
+                            "their end): they will be resumed", store.exp_id, store.run_id, n)
+        return given
 
     @property
     def batch_pool(self) -> ThreadPoolExecutor:
