@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/ping_collect.py
+	$(BIN)/python -m nepi_dist.cli run examples/ping_collect.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

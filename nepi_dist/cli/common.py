@@ -31,8 +31,8 @@ LATEST = "@latest"
 COMMAND_BOUND = 3.0
 
 #: Human output (stderr when --json owns stdout).
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 RedisUrl = Annotated[
     str | None,

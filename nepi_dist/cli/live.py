@@ -141,8 +141,7 @@ def render(watch: RunWatch, title: str | None = None) -> RenderableType:
     head = Text.assemble(
         ("run ", "bold"), (f"{watch.store.exp_id}/{watch.store.run_id}", "bold cyan"),
         ("  failure level ", ""), (level_name(level), "bold green" if level == FailureLevel.OK else "bold red"),
-        ("  released (states reached before release)" if watch.released else "  live",
-         "dim" if watch.released else "bold"),
+        ("  released" if watch.released else "  live", "dim" if watch.released else "bold"),
         (f"  {time.monotonic() - watch.began:.1f}s", "dim"),
     )
     if watch.url:
@@ -158,6 +157,8 @@ def render(watch: RunWatch, title: str | None = None) -> RenderableType:
         states.add_row(*[_state_text(s) for s in shown])
         states.add_row(*[str(counts[s]) for s in shown])
     parts.append(states)
+    if watch.released:
+        parts.append(Text("(each RM counted in the state it reached before its release)", style="dim"))
     finished, ended, total = watch.done()
     bar = Table.grid(padding=(0, 1))
     bar.add_row(ProgressBar(total=max(total, 1), completed=finished, width=40),
@@ -238,6 +239,8 @@ class LiveView:
         if self._thread is not None:
             self._thread.join(BLOCK_MS / 1000 + 3)
         self._live.stop()
+        if not self.console.is_terminal:
+            self.console.line()  # the last drawing ends its line
 
     def __enter__(self) -> LiveView:
         return self.start()

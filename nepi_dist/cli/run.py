@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from nepi_dist.cli.live import LiveView
     from nepi_dist.ec import ExperimentController
 
-FILE_SUFFIXES = (".yaml", ".yml", ".json")
+FILE_SUFFIXES = (".yaml", ".yml", ".json", ".xml")
 
 
 class Detached(BaseException):
@@ -119,7 +119,7 @@ def run(
         fail("arguments after the experiment are for a script; an experiment file takes --param NAME=VALUE")
     if not is_file and (param or runs != 1 or exp_id):
         fail("--param, --runs and --exp-id are for experiment files; a script takes its own arguments")
-    view = None if (quiet or json_) else _live_view()
+    view = None if (quiet or json_ or detach) else _live_view()
     seen: list[ExperimentController] = []
     outcome = _Outcome()
     with Interrupts():

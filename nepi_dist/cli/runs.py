@@ -162,6 +162,9 @@ def logs(
             for eid, fields in store.events(last, 500):
                 show(eid, fields)
                 last = eid
+        if follow:  # the release's last events came before the run left nepi:runs
+            for eid, fields in client.xrange(store.keys.events, min=f"({last}"):
+                show(eid, fields)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -72,10 +73,17 @@ def observe(callback: Callable[[ExperimentController], None]) -> Callable[[], No
 
 
 def force_stop(ecs: list[ExperimentController]) -> None:
-    """Stop the machinery of ``ecs`` now, without releasing (embedded Redis stopped)."""
+    """Stop the embedded Redis of ``ecs`` now, waiting for nothing else: the process exits next.
+
+    Not the worker's warm shutdown, which waits for the actions it runs
+    (the very release a second Ctrl-C means to cut short).
+    """
     for ec in ecs:
-        with contextlib.suppress(Exception):  # forcing: whatever fails, go on with the next
-            ec._stop_machinery()
+        closed(ec)
+        server = ec._redis
+        if server is not None:
+            with contextlib.suppress(Exception):  # forcing: whatever fails, go on with the next
+                server.stop()
 
 
 def release_embedded() -> None:
@@ -90,6 +98,7 @@ def release_embedded() -> None:
     except KeyboardInterrupt:
         log.warning("interrupted again: stopping without releasing")
         force_stop(ecs)
+        os._exit(130)  # the worker's threads may be in the middle of a release: do not wait for them
     except Exception as exc:  # the exit hook's boundary: the process ends anyway
         log.error("releasing at exit failed: %s", exc)
         force_stop(ecs)

@@ -258,7 +258,8 @@ def _claim_and_run(ctx: RunContext, aid: str, token: str, payload: dict[str, Any
         log.log(logging.INFO if getattr(exc, "_nepi_trapped", False) else logging.WARNING,
                 "action %s %s on guid %s failed: %s", aid, method, payload.get("g"), exc)
         if _is_setup_error(exc):
-            _fail_resource(ctx, int(payload["g"]), f"{type(exc).__name__}: {exc}")
+            _fail_resource(ctx, int(payload["g"]), f"{type(exc).__name__}: {exc}",
+                           released=method in RELEASE_METHODS)
     ctx.store.finish(aid, token, tracked, status, result)
     return _verdict(status.lower() if verdict == "run" else f"resumed:{status.lower()}", reason)
 
@@ -347,13 +348,17 @@ def _is_setup_error(exc: Exception) -> bool:
     return isinstance(exc, (ActionError, UnknownResourceTypeError))
 
 
-def _fail_resource(ctx: RunContext, guid: int, message: str) -> None:
-    """Fail an RM whose action this worker cannot run at all (unknown type or method)."""
+def _fail_resource(ctx: RunContext, guid: int, message: str, released: bool = False) -> None:
+    """Fail an RM whose action this worker cannot run at all (unknown type or method).
+
+    A release still ends in RELEASED (a release never fails): the error stays recorded.
+    """
     from nepi_dist.model.state import ResourceState
 
     try:
-        ctx.store.set_fields(guid, {"err": message})
-        ctx._transition(guid, ResourceState.FAILED)
+        if ctx.store.rm_field(guid, "err") is None or not released:
+            ctx.store.set_fields(guid, {"err": message})
+        ctx._transition(guid, ResourceState.RELEASED if released else ResourceState.FAILED)
     except Exception as exc:  # the task boundary: record and go on
         log.error("could not fail guid %s: %s", guid, exc)
 
