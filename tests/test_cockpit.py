@@ -295,6 +295,9 @@ def test_ctrl_c_on_nepi_dist_run_releases_everything_and_leaves_nothing_behind(t
         while len([p for p in processes_with(marker) if p[2] == marker]) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len([p for p in processes_with(marker) if p[2] == marker]) == 2
+        # Another process attaches to the embedded run while it runs (read-only), and does not hang.
+        seen = cli("status", "cockpit-long", "--json", "--redis-url", f"redis://127.0.0.1:{port}/0", timeout=30)
+        assert seen.returncode == 0 and json.loads(seen.stdout)["live"] is True
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         _, err = proc.communicate(timeout=60)
     finally:

@@ -10,6 +10,7 @@ nothing over from its workers.
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 from collections import Counter
@@ -190,8 +191,9 @@ def render(watch: RunWatch, title: str | None = None) -> RenderableType:
 class LiveView:
     """Draws a run live while something else happens (the script runs, or nothing: ``watch``)."""
 
-    def __init__(self, console: Console, transient: bool = False) -> None:
+    def __init__(self, console: Console, transient: bool = False, svg: str | None = None) -> None:
         self.console = console
+        self.svg = svg  # where to save the last drawing as an SVG picture
         self.watch: RunWatch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,6 +243,10 @@ class LiveView:
         self._live.stop()
         if not self.console.is_terminal:
             self.console.line()  # the last drawing ends its line
+        if self.svg and self.watch is not None:
+            picture = Console(record=True, width=110, file=io.StringIO(), force_terminal=True)
+            picture.print(render(self.watch))
+            picture.save_svg(self.svg, title="nepi-dist")
 
     def __enter__(self) -> LiveView:
         return self.start()

@@ -105,6 +105,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view; only what failed, on stderr.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="No live view; a JSON summary of every run on stdout "
                                         "(the script's own output goes to stderr).")] = False,
+    svg: Annotated[Path | None, typer.Option(help="Also save the live view's last drawing as an SVG picture.")] = None,
 ) -> None:
     """Run an experiment with a live view; exit 0 (OK), 1 (an RM failure aborted a run) or 2 (bad experiment,
     EC failure)."""
@@ -119,7 +120,7 @@ def run(
         fail("arguments after the experiment are for a script; an experiment file takes --param NAME=VALUE")
     if not is_file and (param or runs != 1 or exp_id):
         fail("--param, --runs and --exp-id are for experiment files; a script takes its own arguments")
-    view = None if (quiet or json_ or detach) else _live_view()
+    view = None if (quiet or json_ or detach) else _live_view(svg)
     seen: list[ExperimentController] = []
     outcome = _Outcome()
     with Interrupts():
@@ -150,10 +151,10 @@ class _Outcome:
         self.script_code = 0
 
 
-def _live_view() -> LiveView:
+def _live_view(svg: Path | None) -> LiveView:
     from nepi_dist.cli.live import LiveView
 
-    return LiveView(console)
+    return LiveView(console, svg=str(svg) if svg else None)
 
 
 def _observe(view: LiveView | None, seen: list[ExperimentController], detach: bool) -> Any:

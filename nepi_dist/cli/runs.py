@@ -191,13 +191,15 @@ def _print_trace(store: Store, guid: int, trace: str, url: str | None) -> None:
         sys.stdout.write(str(data))
 
 
-def watch(exp_id: ExpArg, run_id: RunArg = None, redis_url: RedisUrl = None) -> None:
+def watch(exp_id: ExpArg, run_id: RunArg = None, redis_url: RedisUrl = None,
+          svg: Annotated[str | None, typer.Option(help="Also save the last drawing as an SVG picture.")] = None,
+          ) -> None:
     """Watch a run live (read-only) until it is released; exit code: the run's (0, 1, 2); Ctrl-C leaves."""
     from nepi_dist.cli.live import LiveView
 
     client = connect(redis_url)
     store = resolve_run(client, exp_id, run_id)
-    view = LiveView(console)
+    view = LiveView(console, svg=svg)
     view.follow(store.exp_id, store.run_id, str(redis_url))
     try:
         with view:
