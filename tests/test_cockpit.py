@@ -563,3 +563,45 @@ def test_a_failed_action_is_a_celery_failure_under_its_readable_name(redis_serve
     assert "ActionFailedError" in str(failed[0]["exception"]) and f"guid={g}" in str(failed[0]["exception"])
     succeeded = {e["uuid"] for e in seen if e.get("type") == "task-succeeded"}
     assert failed[0]["uuid"] not in succeeded
+
+
+def test_results_writes_every_enabled_trace_and_plot_draws_one_bar_per_state_interval(
+        tmp_path: Path) -> None:
+    from nepi_dist.cli.results import intervals, timeline
+    from nepi_dist.engine.report import rows
+
+    ec = ExperimentController(exp_id="cockpit-results", redis_url=None)
+    try:
+        node = ec.register_resource("linux::Node")
+        apps = []
+        for command in ("echo hello-results", "echo oops >&2; exit 4"):
+            app = ec.register_resource("linux::Application")
+            ec.set(app, "command", command)
+            ec.set(app, "critical", False)
+            ec.enable_trace(app, "stdout")
+            ec.register_connection(app, node)
+            apps.append(app)
+        ec.deploy()
+        ec.wait_finished(apps, timeout=60)
+        got = cli("results", "cockpit-results", "-o", str(tmp_path / "res"), "--redis-url", ec.redis_url)
+        assert got.returncode == 0, got.stderr
+        folder = tmp_path / "res" / "cockpit-results" / ec.run_id
+        assert sorted(p.name for p in folder.iterdir()) == [f"{apps[0]}-linux-Application.stdout",
+                                                            f"{apps[1]}-linux-Application.stdout"]
+        assert (folder / f"{apps[0]}-linux-Application.stdout").read_text() == "hello-results\n"
+        drawn = cli("plot", "cockpit-results", "-o", str(tmp_path / "t.svg"), "--json", "--redis-url", ec.redis_url)
+        assert drawn.returncode == 0, drawn.stderr
+        assert (tmp_path / "t.svg").read_text().lstrip().startswith("<?xml")
+        bars = json.loads(drawn.stdout)
+        found = rows(ec.store)
+        end = max(t for r in found for t in r.times.values())
+        expected = [(r.guid, s) for r in found for s, a, b in intervals(r, end) if b > a]
+        assert [(b["guid"], ResourceState[b["state"]]) for b in bars] == expected
+        # The figure itself: one drawn rectangle per interval, labelled guid:STATE, and an x on the failure.
+        fig = timeline(found, "t")
+        (ax,) = fig.axes
+        rects = [p.get_gid() for p in ax.patches if p.get_gid()]
+        assert rects == [f"{g}:{ResourceState(s).name}" for g, s in expected]
+        assert [line.get_gid() for line in ax.lines] == [f"{apps[1]}:failed"]
+    finally:
+        ec.shutdown()

@@ -2,7 +2,8 @@
 
 One module per command group: :mod:`~nepi_dist.cli.worker` (``worker``,
 ``workers``), :mod:`~nepi_dist.cli.run` (``run``), :mod:`~nepi_dist.cli.runs`
-(``ls``, ``status``, ``logs``, ``watch``, ``abort``, ``clean``), with the live
+(``ls``, ``status``, ``logs``, ``watch``, ``abort``, ``clean``),
+:mod:`~nepi_dist.cli.results` (``results``, ``plot``), with the live
 view in :mod:`~nepi_dist.cli.live` and what they share in :mod:`~nepi_dist.cli.common`.
 """
 
@@ -13,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from nepi_dist.cli import results as results_group
 from nepi_dist.cli import run as run_group
 from nepi_dist.cli import runs as runs_group
 from nepi_dist.cli import worker as worker_group
@@ -45,6 +47,7 @@ worker_group.register(app)
 app.command("run", help=run_group.run.__doc__,
             context_settings={"allow_interspersed_args": False})(run_group.run)
 runs_group.register(app)
+results_group.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
