@@ -109,7 +109,7 @@ def timeline(found: list[Row], title: str) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("seconds (Redis clock) since the run's first state change")
     ax.set_title(title)
-    ax.legend(handles=[Patch(color=c, label=s.name) for s, c in COLOURS.items() if s != ResourceState.NEW],
+    ax.legend(handles=[Patch(color=c, label=s.name) for s, c in COLOURS.items()],
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     return fig

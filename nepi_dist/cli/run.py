@@ -106,9 +106,13 @@ def run(
     json_: Annotated[bool, typer.Option("--json", help="No live view; a JSON summary of every run on stdout "
                                         "(the script's own output goes to stderr).")] = False,
     svg: Annotated[Path | None, typer.Option(help="Also save the live view's last drawing as an SVG picture.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="At the end, draw each run's timeline (as nepi-dist plot) "
+                                              "to this .png/.svg/.pdf (the run_id added when several).")] = None,
 ) -> None:
     """Run an experiment with a live view; exit 0 (OK), 1 (an RM failure aborted a run) or 2 (bad experiment,
     EC failure)."""
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        fail(f"--plot {plot}: a .png, .svg or .pdf file")
     if detach and not redis_url:
         fail(f"--detach needs --redis-url or ${REDIS_URL_ENV}: an embedded run ends with its process")
     if redis_url:
@@ -141,7 +145,20 @@ def run(
             _release_all("interrupted: releasing every open run (Ctrl-C again to stop at once)")
         else:
             _release_embedded_left()
+    if plot is not None and not detach:
+        _plot(seen, plot)
     raise typer.Exit(_report(seen, outcome, detach, quiet, json_))
+
+
+def _plot(seen: list[ExperimentController], path: Path) -> None:
+    """Draw the timeline of every run the experiment opened (from its final snapshot when shut down)."""
+    from nepi_dist.cli.results import timeline
+
+    for ec in seen:
+        target = path if len(seen) == 1 else path.with_name(f"{path.stem}-{ec.run_id}{path.suffix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        timeline(rows(ec.store), f"{ec.exp_id}/{ec.run_id}").savefig(target)
+        err_console.print(f"timeline of {ec.exp_id}/{ec.run_id} in {target}")
 
 
 class _Outcome:
