@@ -603,5 +603,16 @@ def test_results_writes_every_enabled_trace_and_plot_draws_one_bar_per_state_int
         rects = [p.get_gid() for p in ax.patches if p.get_gid()]
         assert rects == [f"{g}:{ResourceState(s).name}" for g, s in expected]
         assert [line.get_gid() for line in ax.lines] == [f"{apps[1]}:failed"]
+        # --graph: one dot per RM, one line per connection.
+        shown = cli("plot", "cockpit-results", "--graph", "-o", str(tmp_path / "g.png"), "--json",
+                    "--redis-url", ec.redis_url)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == {"resources": [node, *apps], "connections": [[node, a] for a in apps]}
+        from nepi_dist.cli.results import graph
+
+        (gax,) = graph(found, {r.guid: ec.store.connections(r.guid) for r in found}, "g").axes
+        dots = next(c for c in gax.collections if c.get_gid() == "resources")
+        lines = next(c for c in gax.collections if c.get_gid() == "connections")
+        assert len(dots.get_offsets()) == 3 and len(lines.get_segments()) == 2
     finally:
         ec.shutdown()

@@ -115,13 +115,49 @@ def timeline(found: list[Row], title: str) -> Figure:
     return fig
 
 
+def graph(found: list[Row], connections: dict[int, set[int]], title: str) -> Figure:
+    """Draw the experiment graph: one dot per RM (a column per type, coloured by the state it
+    reached), one line per connection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
+    columns = {rtype: i for i, rtype in enumerate(dict.fromkeys(r.rtype for r in found))}
+    heights: dict[str, int] = {}
+    where: dict[int, tuple[float, float]] = {}
+    for r in found:
+        row = heights[r.rtype] = heights.get(r.rtype, -1) + 1
+        where[r.guid] = (float(columns[r.rtype]), -float(row))
+    fig = Figure(figsize=(max(4.0, 2.2 * len(columns)), max(3.0, 0.4 * max(heights.values(), default=1) + 2)))
+    ax = fig.add_subplot()
+    pairs = sorted({(min(a, b), max(a, b)) for a, cs in connections.items() for b in cs if a in where and b in where})
+    ax.add_collection(LineCollection([[where[a], where[b]] for a, b in pairs], colors="#888888", linewidths=0.8,
+                                     gid="connections"))
+    outcome = [max((s for s in r.times if s != ResourceState.RELEASED), default=r.state) for r in found]
+    ax.scatter([where[r.guid][0] for r in found], [where[r.guid][1] for r in found], s=120, zorder=3,
+               c=[COLOURS.get(ResourceState(s), "#000000") for s in outcome], edgecolors="black", gid="resources")
+    for r in found:
+        x, y = where[r.guid]
+        ax.annotate(str(r.guid), (x, y), textcoords="offset points", xytext=(8, -3), fontsize=7)
+    ax.set_xticks(range(len(columns)), list(columns), fontsize=8, rotation=20)
+    ax.set_yticks([])
+    ax.set_title(title)
+    ax.margins(0.2)
+    fig.tight_layout()
+    return fig
+
+
 def plot(
     exp_id: ExpArg,
     run_id: RunArg = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="The picture: .png, .svg or .pdf.")] = Path(
         "timeline.png"),
     redis_url: RedisUrl = None,
-    json_: Annotated[bool, typer.Option("--json", help="Also print the intervals drawn, as JSON.")] = False,
+    as_graph: Annotated[bool, typer.Option("--graph", help="Draw the experiment graph instead: one dot per RM "
+                                           "(coloured by the state it reached), one line per connection.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Also print what was drawn, as JSON.")] = False,
 ) -> None:
     """Draw a run's timeline: one bar per RM state interval (Redis-clock timestamps), failures marked."""
     if output.suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -133,6 +169,16 @@ def plot(
     client = connect(redis_url)
     store = resolve_run(client, exp_id, run_id)
     found = rows(store)
+    if as_graph:
+        guids = [r.guid for r in found]
+        connections = dict(zip(guids, store.connections_of_many(guids), strict=True))
+        graph(found, connections, f"{store.exp_id}/{store.run_id}").savefig(output)
+        pairs = sorted({(min(a, b), max(a, b)) for a, cs in connections.items() for b in cs})
+        if json_:
+            print(json.dumps({"resources": guids, "connections": pairs}))
+        else:
+            console.print(f"{len(guids)} RMs and {len(pairs)} connections drawn in {output}")
+        return
     fig = timeline(found, f"{store.exp_id}/{store.run_id}")
     fig.savefig(output)
     drawn: list[dict[str, Any]] = []
