@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import json
 import os
 import runpy
@@ -96,6 +97,9 @@ def run(
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="NAME=VALUE: a parameter the experiment file declares (repeatable).")] = None,
     runs: Annotated[int, typer.Option(help="Runs of an experiment file, one after the other.", min=1)] = 1,
+    sweep: Annotated[bool, typer.Option(help="One run per point of the file's sweep block (the cartesian product "
+                                        "of its values), all of one exp_id; on an external Redis, a relaunch "
+                                        "skips the points whose run ended OK already.")] = False,
     exp_id: Annotated[str | None, typer.Option("--exp-id", help="The exp_id of an experiment file's runs.")] = None,
     redis_url: Annotated[str | None, typer.Option(
         "--redis-url", envvar=REDIS_URL_ENV, show_envvar=True,
@@ -122,8 +126,8 @@ def run(
         fail(f"{experiment}: a .py script or an experiment file ({', '.join(FILE_SUFFIXES)})")
     if is_file and args:
         fail("arguments after the experiment are for a script; an experiment file takes --param NAME=VALUE")
-    if not is_file and (param or runs != 1 or exp_id):
-        fail("--param, --runs and --exp-id are for experiment files; a script takes its own arguments")
+    if not is_file and (param or runs != 1 or exp_id or sweep):
+        fail("--param, --runs, --sweep and --exp-id are for experiment files; a script takes its own arguments")
     view = None if (quiet or json_ or detach) else _live_view(svg)
     seen: list[ExperimentController] = []
     outcome = _Outcome()
@@ -132,7 +136,7 @@ def run(
             if view is not None:
                 view.start()
             if is_file:
-                _run_file(experiment, param or [], runs, exp_id, detach, view, seen, outcome)
+                _run_file(experiment, param or [], runs, exp_id, detach, view, seen, outcome, sweep, redis_url)
             else:
                 _run_script(experiment, args or [], detach, view, seen, outcome, json_)
         except KeyboardInterrupt:
@@ -227,8 +231,14 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 
 def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detach: bool, view: LiveView | None,
-              seen: list[ExperimentController], outcome: _Outcome) -> None:
-    """Run an experiment file through nepi_dist.experiment (issue 10): read, build, deploy, wait, release."""
+              seen: list[ExperimentController], outcome: _Outcome, sweep: bool = False,
+              redis_url: str | None = None) -> None:
+    """Run an experiment file through nepi_dist.experiment (issue 10): read, build, deploy, wait, release.
+
+    With ``sweep``, one run per point of the file's sweep block, all of one exp_id (the file's stem
+    unless given); a point whose parameter values (the run's ``params`` field, written by
+    ``Experiment.build``) match a released run that ended OK is skipped, like Execo's ParamSweeper.
+    """
     try:
         experiment_api = importlib.import_module("nepi_dist.experiment")
     except ImportError as exc:
@@ -244,25 +254,56 @@ def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detac
     unknown = sorted(set(params) - set(experiment.parameters))
     if unknown:
         fail(f"{path} declares no parameter {', '.join(unknown)} (it has: {', '.join(sorted(experiment.parameters))})")
+    points: list[dict[str, Any]] = [{}]
+    if sweep:
+        points = experiment.points() if hasattr(experiment, "points") else [
+            dict(zip(experiment.sweep, combo, strict=True)) for combo in itertools.product(*experiment.sweep.values())]
+        exp_id = exp_id or "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem)
+    done = _done_points(redis_url, exp_id) if sweep else set()
     undo = _observe(view, seen, detach=False)
     try:
-        for _ in range(runs):
-            ec = ExperimentController(exp_id=exp_id)
-            exp_id = ec.exp_id
+        for point in points:
+            values = {**params, **point}
             try:
-                guids = list(experiment.build(ec, params).values())
-                ec.deploy()
-                if detach:
-                    ec._stop_machinery()  # the run goes on, kept by the external workers
-                    return
-                ec.wait_finished(guids)
+                key = json.dumps(experiment.resolve(values), sort_keys=True)
             except NepiError as exc:
-                outcome.error = f"{path}: {exc}"
+                fail(f"{path}: {exc}")
+            if key in done:
+                err_console.print(f"point {key} done already: skipped")
+                continue
+            for _ in range(runs):
+                ec = ExperimentController(exp_id=exp_id)
+                exp_id = ec.exp_id
+                try:
+                    guids = list(experiment.build(ec, values).values())
+                    ec.deploy()
+                    if detach:
+                        ec._stop_machinery()  # the run goes on, kept by the external workers
+                        return
+                    ec.wait_finished(guids)
+                except NepiError as exc:
+                    outcome.error = f"{path}: {exc}"
+                    ec.shutdown()
+                    return
                 ec.shutdown()
-                return
-            ec.shutdown()
     finally:
         undo()
+
+
+def _done_points(redis_url: str | None, exp_id: str | None) -> set[str]:
+    """The ``params`` of the released runs of ``exp_id`` that ended OK (none without an external Redis)."""
+    if not redis_url or not exp_id:
+        return set()
+    from nepi_dist.cli.common import connect, find_runs
+    from nepi_dist.engine.keys import Keys
+
+    client = connect(redis_url)
+    done = set()
+    for ref in find_runs(client, exp_id):
+        fl, params = client.hmget(Keys(ref.exp_id, ref.run_id).run, ["fl", "params"])
+        if ref.released is not None and params and int(fl or FailureLevel.OK) == FailureLevel.OK:
+            done.add(json.dumps(json.loads(params), sort_keys=True))
+    return done
 
 
 def _release_all(message: str) -> None:
