@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from nepi_dist.cli.live import LiveView
     from nepi_dist.ec import ExperimentController
 
+#: Resource types that never finish by themselves: a file run does not wait for them by default.
+_NEVER_FINISH = frozenset({"linux::Node", "Collector"})
 FILE_SUFFIXES = (".yaml", ".yml", ".json", ".xml")
 
 
@@ -100,7 +102,11 @@ def run(
     sweep: Annotated[bool, typer.Option(help="One run per point of the file's sweep block (the cartesian product "
                                         "of its values), all of one exp_id; on an external Redis, a relaunch "
                                         "skips the points whose run ended OK already.")] = False,
-    exp_id: Annotated[str | None, typer.Option("--exp-id", help="The exp_id of an experiment file's runs.")] = None,
+    exp_id: Annotated[str | None, typer.Option("--exp-id", help="The exp_id of an experiment file's runs "
+                                               "(default: the file's exp_id).")] = None,
+    wait: Annotated[list[str] | None, typer.Option(
+        "--wait", help="LABEL of an experiment file's resource whose finish a run waits for (repeatable; default: "
+        "every resource but nodes and collectors, which never finish by themselves).")] = None,
     redis_url: Annotated[str | None, typer.Option(
         "--redis-url", envvar=REDIS_URL_ENV, show_envvar=True,
         help="Run on this Redis and its external workers (default: the embedded default).")] = None,
@@ -126,8 +132,9 @@ def run(
         fail(f"{experiment}: a .py script or an experiment file ({', '.join(FILE_SUFFIXES)})")
     if is_file and args:
         fail("arguments after the experiment are for a script; an experiment file takes --param NAME=VALUE")
-    if not is_file and (param or runs != 1 or exp_id or sweep):
-        fail("--param, --runs, --sweep and --exp-id are for experiment files; a script takes its own arguments")
+    if not is_file and (param or runs != 1 or exp_id or sweep or wait):
+        fail("--param, --runs, --sweep, --wait and --exp-id are for experiment files; "
+             "a script takes its own arguments")
     view = None if (quiet or json_ or detach) else _live_view(svg)
     seen: list[ExperimentController] = []
     outcome = _Outcome()
@@ -136,7 +143,8 @@ def run(
             if view is not None:
                 view.start()
             if is_file:
-                _run_file(experiment, param or [], runs, exp_id, detach, view, seen, outcome, sweep, redis_url)
+                _run_file(experiment, param or [], runs, exp_id, detach, view, seen, outcome, sweep, redis_url,
+                          wait or [])
             else:
                 _run_script(experiment, args or [], detach, view, seen, outcome, json_)
         except KeyboardInterrupt:
@@ -170,6 +178,7 @@ class _Outcome:
         self.interrupted = False
         self.error: str | None = None  # the script's or the file's error
         self.script_code = 0
+        self.skipped = 0  # sweep points done already
 
 
 def _live_view(svg: Path | None) -> LiveView:
@@ -232,7 +241,7 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detach: bool, view: LiveView | None,
               seen: list[ExperimentController], outcome: _Outcome, sweep: bool = False,
-              redis_url: str | None = None) -> None:
+              redis_url: str | None = None, wait: list[str] | None = None) -> None:
     """Run an experiment file through nepi_dist.experiment (issue 10): read, build, deploy, wait, release.
 
     With ``sweep``, one run per point of the file's sweep block, all of one exp_id (the file's stem
@@ -249,11 +258,12 @@ def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detac
     try:
         experiment = experiment_api.read_experiment(str(path))
     except NepiError as exc:
-        fail(f"{path}: {exc}")
+        fail(str(exc))  # it names the file and the field
     params = _parse_params(pairs)
     unknown = sorted(set(params) - set(experiment.parameters))
     if unknown:
         fail(f"{path} declares no parameter {', '.join(unknown)} (it has: {', '.join(sorted(experiment.parameters))})")
+    exp_id = exp_id or getattr(experiment, "exp_id", None)
     points: list[dict[str, Any]] = [{}]
     if sweep:
         points = experiment.points() if hasattr(experiment, "points") else [
@@ -267,22 +277,29 @@ def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detac
             try:
                 key = json.dumps(experiment.resolve(values), sort_keys=True)
             except NepiError as exc:
-                fail(f"{path}: {exc}")
+                fail(str(exc))
             if key in done:
                 err_console.print(f"point {key} done already: skipped")
+                outcome.skipped += 1
                 continue
             for _ in range(runs):
                 ec = ExperimentController(exp_id=exp_id)
                 exp_id = ec.exp_id
                 try:
-                    guids = list(experiment.build(ec, values).values())
+                    labels = experiment.build(ec, values)
+                    missing = sorted(set(wait or []) - set(labels))
+                    if missing:
+                        fail(f"--wait {', '.join(missing)}: no such resource in {path} "
+                             f"(it has: {', '.join(labels)})")
+                    guids = [g for label, g in labels.items() if label in wait] if wait else [
+                        g for g in labels.values() if ec.get_resource(g).rtype() not in _NEVER_FINISH]
                     ec.deploy()
                     if detach:
                         ec._stop_machinery()  # the run goes on, kept by the external workers
                         return
                     ec.wait_finished(guids)
                 except NepiError as exc:
-                    outcome.error = f"{path}: {exc}"
+                    outcome.error = str(exc)
                     ec.shutdown()
                     return
                 ec.shutdown()
@@ -345,7 +362,7 @@ def _report(seen: list[ExperimentController], outcome: _Outcome, detach: bool, q
                           "failed": [describe(r) for r in failed]})
     if outcome.interrupted:
         code = EXIT_INTERRUPTED
-    elif outcome.error is not None or (not seen and not detach):
+    elif outcome.error is not None or (not seen and not detach and not outcome.skipped):
         code = EXIT_BAD
     else:
         code = _exit_code(levels)
