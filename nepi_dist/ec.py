@@ -23,7 +23,7 @@ import redis
 from nepi_dist.engine import ending
 from nepi_dist.engine.celery_app import REDIS_URL_ENV, create_app, default_threads
 from nepi_dist.engine.connection import OUTAGE_ENV, check_no_eviction, durability_warning, outage_bound, redis_client
-from nepi_dist.engine.context import MAX_GUID, RunContext, as_action, check_guid
+from nepi_dist.engine.context import MAX_GUID, RunContext, as_action, check_guid, default_local_dir
 from nepi_dist.engine.embedded import EmbeddedRedis, EmbeddedWorker
 from nepi_dist.engine.failure import FailureManager
 from nepi_dist.engine.heartbeat import live_queues
@@ -51,6 +51,8 @@ from nepi_dist.errors import (
     WaitTimeoutError,
     shown,
 )
+from nepi_dist.experiment.describe import describe, dump, save_description
+from nepi_dist.experiment.file import Experiment, read_experiment
 from nepi_dist.model.attribute import Flags
 from nepi_dist.model.resource import ResourceFactory, ResourceRegistry, check_name
 from nepi_dist.model.state import ResourceAction, ResourceState, state_from
@@ -83,9 +85,14 @@ def _check_group(group: Any) -> int:
 
 
 def _check_arguments(
-    exp_id: Any, run_id: Any, redis_url: Any, registry: Any, local_worker: Any, nthreads: Any, celery_settings: Any
+    exp_id: Any, run_id: Any, redis_url: Any, registry: Any, local_worker: Any, nthreads: Any, celery_settings: Any,
+    local_dir: Any = None, persist: Any = False,
 ) -> None:
     """Refuse a controller's arguments of the wrong type before anything starts."""
+    if local_dir is not None and not isinstance(local_dir, (str, os.PathLike)):
+        raise ArgumentTypeError(f"local_dir is a path or None, not {shown(local_dir)}")
+    if not isinstance(persist, bool):
+        raise ArgumentTypeError(f"persist is a bool, not {shown(persist)}")
     for name, value in (("exp_id", exp_id), ("run_id", run_id), ("redis_url", redis_url)):
         if value is not None and not isinstance(value, str):
             raise ArgumentTypeError(f"{name} is a str or None, not {shown(value)}")
@@ -121,6 +128,23 @@ def _threads_and_retention(nthreads: int | None) -> tuple[int, float]:
     return threads, retention
 
 
+def _local_dir(store: Store, given: str | os.PathLike[str] | None) -> str:
+    """Return the run's local_dir, kept in its hash: the one given, else the one the run has, else the default."""
+    if given is not None:
+        return store.set_run_field("ldir", os.path.abspath(os.path.expanduser(os.fspath(given))))
+    return store.set_run_field("ldir", default_local_dir(), only_new=True)
+
+
+def _globals_of(store: Store) -> dict[str, dict[str, str]]:
+    """The run's global attribute values (JSON text), by rtype then name."""
+    found: dict[str, dict[str, str]] = {}
+    for field, raw in store.run_fields().items():
+        if field.startswith("g:"):
+            rtype, _, name = field[2:].rpartition(":")
+            found.setdefault(rtype, {})[name] = raw
+    return found
+
+
 class ExperimentController(RunContext):
     """Describe, deploy, watch and release one run of an experiment.
 
@@ -135,6 +159,12 @@ class ExperimentController(RunContext):
     :param celery_settings: Celery settings (and ``visibility_timeout``,
         ``eta_horizon``) for the controller's app; any other keyword of the
         controller is refused with ``TypeError``.
+    :param local_dir: the root of the experiment's local files (NEPI 3.1's):
+        ``exp_dir`` is ``<local_dir>/<exp_id>``, ``run_dir`` is
+        ``<exp_dir>/<run_id>``, where a Collector writes its traces.  Default
+        ``$NEPI_DIST_RESULTS_DIR``, else the system's temporary folder (NEPI's).
+    :param persist: save the description (:meth:`save`) into ``run_dir`` when
+        the whole run is released, as NEPI does.
     """
 
     def __init__(
@@ -146,8 +176,11 @@ class ExperimentController(RunContext):
         local_worker: bool | None = None,
         nthreads: int | None = None,
         celery_settings: Mapping[str, Any] | None = None,
+        local_dir: str | os.PathLike[str] | None = None,
+        persist: bool = False,
     ) -> None:
-        _check_arguments(exp_id, run_id, redis_url, registry, local_worker, nthreads, celery_settings)
+        _check_arguments(exp_id, run_id, redis_url, registry, local_worker, nthreads, celery_settings,
+                         local_dir, persist)
         threads, retention = _threads_and_retention(nthreads)  # before anything starts
         exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
         run_id = run_id or format_date(time.time())
@@ -174,6 +207,13 @@ class ExperimentController(RunContext):
             app.nepi_registry = reg
             super().__init__(store, app, reg, logging.getLogger("ExperimentController"))
             client.hsetnx(store.keys.run, "fl", FailureLevel.OK)
+            self._local_dir = _local_dir(store, local_dir)
+            self._persist = persist
+            self._globals = _globals_of(store)
+            self._settings: dict[str, Any] = {
+                "redis_url": redis_url, "registry": registry, "local_worker": local_worker, "nthreads": nthreads,
+                "celery_settings": celery_settings, "local_dir": self._local_dir, "persist": persist}
+            self._threads = threads
             store.enlist()
             self._retention = retention
             self._tasks: dict[Any, Task | RemoteTask] = {}
@@ -205,6 +245,20 @@ class ExperimentController(RunContext):
         """True when this controller runs its own private Redis (the run ends with this process)."""
         return self._redis is not None
 
+    @property
+    def local_dir(self) -> str:
+        return self._local_dir
+
+    @property
+    def persist(self) -> bool:
+        """True when the description is saved into ``run_dir`` at release (NEPI's)."""
+        return self._persist
+
+    @property
+    def nthreads(self) -> int:
+        """Threads of the controller's scheduler (and of its in-process worker)."""
+        return self._threads
+
     def _writable(self) -> None:
         self._store._writable()
 
@@ -230,7 +284,73 @@ class ExperimentController(RunContext):
         if new < 0:
             raise DuplicateGuidError(f"guid {guid} is already registered")
         self._rtypes[new] = rtype
+        if self._globals.get(rtype):
+            self._store.set_fields(new, {f"a:{name}": raw for name, raw in self._globals[rtype].items()})
         return new
+
+    def set_global(self, rtype: str, name: str, value: Any) -> Any:
+        """Set the run's global value of attribute ``name`` for type ``rtype`` (NEPI 3.1's):
+        every RM of that type registered from now on starts with it; return the value stored."""
+        self._writable()
+        rclass = self._registry.get_resource_type(check_name(rtype, "resource type"))
+        attr = rclass.get_attribute(name)
+        if attr.has_flag(Flags.ReadOnly):
+            raise ReadOnlyAttributeError(f"attribute {name!r} of {rclass.rtype()} is read-only")
+        value = attr.validate(value)
+        raw = json.dumps(value)
+        self._store.set_run_field(f"g:{rclass.rtype()}:{name}", raw)
+        self._globals.setdefault(rclass.rtype(), {})[name] = raw
+        return value
+
+    # -- the description as a file -------------------------------------------------
+
+    def serialize(self, format: str = "yaml") -> str:
+        """Return the description as an experiment file's text (``yaml`` or ``json``)."""
+        return dump(describe(self), format)
+
+    def save(self, dirpath: str | os.PathLike[str] | None = None, format: str = "yaml") -> str:
+        """Write the description (types, attributes set, traces, connections, conditions,
+        globals) as an experiment file; return its path.
+
+        ``dirpath`` ending in ``.yaml``, ``.yml`` or ``.json`` is the file itself
+        (its suffix chooses the format); else it is a folder (default ``run_dir``)
+        that gets ``<exp_id>.<format>``.
+        """
+        return save_description(self, dirpath, format)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], params: Mapping[str, Any] | None = None, format: str | None = None,
+        **kwargs: Any,
+    ) -> ExperimentController:
+        """Return a new controller (``kwargs`` as the constructor's; ``exp_id`` defaults to the
+        file's) with the experiment file at ``path`` registered into it, built with ``params``.
+        ``format`` (NEPI's argument) is not needed: the file's suffix tells.
+
+        A bad file raises :class:`~nepi_dist.errors.ExperimentFileError` naming
+        the field and why, and no controller is left running.
+        """
+        experiment = read_experiment(path)
+        kwargs.setdefault("exp_id", experiment.exp_id)
+        ec = cls(**kwargs)
+        try:
+            experiment.build(ec, params)
+        except BaseException:
+            ec.shutdown()
+            raise
+        return ec
+
+    def new_run(self, **kwargs: Any) -> ExperimentController:
+        """Return a controller for a new run of this experiment: the same exp_id and settings
+        (``kwargs`` override them), a fresh run_id, this run's description registered (same guids)."""
+        settings = {**self._settings, "exp_id": self.exp_id, **kwargs}
+        ec = type(self)(**settings)
+        try:
+            Experiment.from_document(describe(self)).build(ec)
+        except BaseException:
+            ec.shutdown()
+            raise
+        return ec
 
     def set_with_conditions(
         self, name: str, value: Any, guids1: Any, guids2: Any, state: Any, time: Any = None
@@ -369,6 +489,11 @@ class ExperimentController(RunContext):
             self._logger.warning("no worker released %s in %ss: marking them RELEASED", left, timeout)
             self._force_released(left)
         if everything:
+            if self._persist:
+                try:
+                    self.save()
+                except OSError as exc:  # the run is released all the same; its folder could not be written
+                    self._logger.error("persist: could not save the description into %s: %s", self.run_dir, exc)
             self._store.retire(self._retention)
 
     def _force_released(self, guids: Iterable[int]) -> None:

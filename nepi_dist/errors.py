@@ -52,6 +52,11 @@ class AttributeValueError(NepiError, ValueError):
     """Raised when a value breaks its attribute's type, range or allowed set."""
 
 
+class UnsupportedAttributeError(AttributeValueError):
+    """Raised when an attribute NEPI declared is set to a value nepi_dist cannot honour on
+    this platform (an hpcbench option iperf3 has no equivalent for, X11 forwarding, ...)."""
+
+
 class ReadOnlyAttributeError(NepiError, PermissionError):
     """Raised when a ReadOnly attribute is set, or an ExecReadOnly one after deploy."""
 
@@ -116,6 +121,25 @@ class RedisUnavailableError(StoreError, ConnectionError):
 
 class RedisConfigError(NepiError, RuntimeError):
     """Raised when the Redis given could lose a run's state (e.g. a maxmemory-policy that evicts keys)."""
+
+
+class ExperimentFileError(NepiError, ValueError):
+    """Raised when an experiment file (or a parameter value given for it) is malformed, breaks
+    its schema, or names a type, attribute, trace, label or parameter that does not fit:
+    ``path`` is the JSON path of the field (``$.resources.ping.attributes.count``), ``reason``
+    says why, and nothing was registered."""
+
+    def __init__(self, path: str, reason: str, source: str | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{path}: {reason}")
+
+
+class RunnerError(NepiError, ValueError):
+    """Raised when an ExperimentRunner is given no way to stop (no ``max_runs`` and no metric),
+    bounds that contradict each other, or a convergence rule without samples."""
 
 
 def shown(value: object, limit: int = 60) -> str:

@@ -709,12 +709,12 @@ def test_a_far_date_waits_and_a_near_callable_still_runs_after_it(run: Experimen
 # -- the controller's own arguments ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [{"local_dir": "/tmp/x"}, {"nthread": 4}, {"visibility_timeout": 4},
-                                    {"eta_horizon": 1.0}], ids=["local_dir", "nthread", "visibility", "horizon"])
+@pytest.mark.parametrize("kwargs", [{"local_dirs": "/tmp/x"}, {"nthread": 4}, {"visibility_timeout": 4},
+                                    {"eta_horizon": 1.0}], ids=["local_dirs", "nthread", "visibility", "horizon"])
 def test_an_unknown_controller_keyword_is_a_type_error_before_anything_starts(
     redis_server: EmbeddedRedis, kwargs: dict[str, object]
 ) -> None:
-    """Any keyword used to be taken as a Celery setting (NEPI's local_dir, a misspelt nthreads)."""
+    """Any keyword used to be taken as a Celery setting (a misspelt local_dir or nthreads)."""
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         with pytest.raises(TypeError):

@@ -519,3 +519,14 @@ def test_nepi_type_names_resolve_to_the_linux_types() -> None:
     assert ResourceFactory.get_resource_type("LinuxNode") is LinuxNode
     assert ResourceFactory.get_resource_type("LinuxApplication") is LinuxApplication
     assert ResourceFactory.canonical("LinuxPing") == LinuxPing.rtype() == "linux::Ping"
+
+
+def test_a_module_that_imports_the_base_class_does_not_register_it() -> None:
+    import types
+
+    module = types.ModuleType("with_base")
+    module.ResourceManager = ResourceManager  # type: ignore[attr-defined]
+    registry = ResourceRegistry(entry_points=False)
+    registry.register_module(module)
+    assert registry.resource_types() == {}
+    assert "Resource" not in ResourceFactory.resource_types()

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,15 @@ READ_METHODS = frozenset({"trace"})
 READ_TIMEOUT = 60.0
 #: Guids are below this: Redis' Lua scripts hold numbers as doubles, exact only up to 2**53.
 MAX_GUID = 2**53
+
+
+#: The root of every run's local folder when the controller is given no ``local_dir``.
+LOCAL_DIR_ENV = "NEPI_DIST_RESULTS_DIR"
+
+
+def default_local_dir() -> str:
+    """``$NEPI_DIST_RESULTS_DIR``, else the system's temporary folder (NEPI 3.1's default)."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(LOCAL_DIR_ENV) or tempfile.gettempdir()))
 
 
 def check_guid(value: Any) -> int:
@@ -162,6 +172,11 @@ class RunContext:
         return self._app
 
     @property
+    def registry(self) -> ResourceRegistry:
+        """The resource types this run's RMs are made from."""
+        return self._registry
+
+    @property
     def exp_id(self) -> str:
         return self._store.exp_id
 
@@ -172,6 +187,21 @@ class RunContext:
     @property
     def logger(self) -> logging.Logger:
         return self._logger
+
+    @property
+    def local_dir(self) -> str:
+        """The root of the run's local files: the controller's ``local_dir`` (kept with the run)."""
+        return self._store.run_field("ldir") or default_local_dir()
+
+    @property
+    def exp_dir(self) -> str:
+        """``<local_dir>/<exp_id>``: the folder of every run of the experiment."""
+        return os.path.join(self.local_dir, self.exp_id)
+
+    @property
+    def run_dir(self) -> str:
+        """``<local_dir>/<exp_id>/<run_id>``: this run's results (the Collector writes here)."""
+        return os.path.join(self.exp_dir, self.run_id)
 
     @property
     def failure_level(self) -> int:
@@ -219,6 +249,59 @@ class RunContext:
             if missing:
                 raise UnknownGuidError(f"no resource with guid {', '.join(map(str, missing))}")
         return checked
+
+    def filter_resources(self, rtype: str) -> list[int]:
+        """Return the guids of the RMs of type ``rtype`` (ours or NEPI's name), ascending."""
+        wanted = self._registry.canonical(check_name(rtype, "resource type"))
+        guids = self._store.guids()
+        return [g for g, t in zip(guids, self._store.field_of_many(guids, "rtype"), strict=True) if t == wanted]
+
+    def get_resources_by_type(self, rtype: str) -> list[ResourceManager]:
+        """Return a handle on every RM of type ``rtype``, by ascending guid."""
+        return [self.get_resource(g) for g in self.filter_resources(rtype)]
+
+    def get_attribute(self, guid: int, name: str) -> Any:
+        """Return the declaration (:class:`~nepi_dist.model.attribute.Attribute`) of ``name`` on ``guid``."""
+        return self.get_resource(guid).get_attribute(name)
+
+    def get_traces(self, guid: int) -> list[Any]:
+        """Return the traces (:class:`~nepi_dist.model.trace.Trace`) the type of ``guid`` declares."""
+        return self.get_resource(guid).get_traces()
+
+    def get_global(self, rtype: str, name: str) -> Any:
+        """Return the run's global value of attribute ``name`` for type ``rtype``, else its default."""
+        rclass = self._registry.get_resource_type(check_name(rtype, "resource type"))
+        attr = rclass.get_attribute(name)
+        raw = self._store.run_field(f"g:{rclass.rtype()}:{name}")
+        return attr.default if raw is None else json.loads(raw)
+
+    def _state_time(self, guid: int, state: ResourceState) -> float | None:
+        return self.get_resource(guid).state_time(state)
+
+    def get_discover_time(self, guid: int) -> float | None:
+        """When ``guid`` was DISCOVERED (Redis clock, epoch seconds), or None."""
+        return self._state_time(guid, ResourceState.DISCOVERED)
+
+    def get_provision_time(self, guid: int) -> float | None:
+        return self._state_time(guid, ResourceState.PROVISIONED)
+
+    def get_ready_time(self, guid: int) -> float | None:
+        return self._state_time(guid, ResourceState.READY)
+
+    def get_start_time(self, guid: int) -> float | None:
+        return self._state_time(guid, ResourceState.STARTED)
+
+    def get_stop_time(self, guid: int) -> float | None:
+        return self._state_time(guid, ResourceState.STOPPED)
+
+    def get_finish_time(self, guid: int) -> float | None:
+        return self._state_time(guid, ResourceState.FINISHED)
+
+    def get_failed_time(self, guid: int) -> float | None:
+        return self._state_time(guid, ResourceState.FAILED)
+
+    def get_release_time(self, guid: int) -> float | None:
+        return self._state_time(guid, ResourceState.RELEASED)
 
     def state(self, guid: int, hr: bool = False) -> int | str:
         guid = check_guid(guid)

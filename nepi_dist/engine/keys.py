@@ -11,13 +11,16 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
                                  then expire), ``revoked`` 1 once an abort dropped
                                  the pending actions, ``reg`` the last registration
                                  (``<token>:<guid>``), ``seq`` and ``groups`` id
-                                 counters
+                                 counters, ``ldir`` the controller's local_dir,
+                                 ``g:<rtype>:<name>`` global attribute values (JSON),
+                                 ``params`` the experiment file's parameter values (JSON)
 ``P:guids``               zset   every guid of the run (score = guid)
 ``P:rm:<guid>``           hash   ``rtype``, ``state``, ``t<state>`` Redis-clock
                                  timestamps, ``grp`` deployment group, ``cond``
                                  conditions (JSON), ``a:<name>`` attribute values
                                  (JSON), ``tr:<name>`` enabled traces, ``p:<name>``
-                                 RM-internal values (JSON), ``err`` failure text,
+                                 RM-internal values (JSON), ``err`` failure text, ``label`` the
+                                 name an experiment file gave it,
                                  ``tx`` tokens of its last transitions
 ``P:conn:<guid>``         set    guids connected to ``guid``
 ``P:wait:<guid>``         zset   actions parked until ``guid`` reaches a state

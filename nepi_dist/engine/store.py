@@ -214,6 +214,18 @@ class Store:
         data: dict[str, str] = self.client.hgetall(self.keys.rm(guid))
         return data
 
+    def rm_all_many(self, guids: Sequence[int]) -> list[dict[str, str]]:
+        """Return the whole hash of many resources, in round trips of 500 (what a save reads)."""
+        if self._frozen is not None:
+            return [dict(self._frozen["rms"].get(g, {})) for g in guids]
+        out: list[dict[str, str]] = []
+        for i in range(0, len(guids), 500):
+            pipe = self.client.pipeline(transaction=False)
+            for g in guids[i : i + 500]:
+                pipe.hgetall(self.keys.rm(g))
+            out.extend(pipe.execute())
+        return out
+
     def state(self, guid: int) -> int:
         """Return a resource's state; raise UnknownGuidError when there is none."""
         value = self.rm_field(guid, "state")
@@ -518,6 +530,24 @@ class Store:
         if self._frozen is not None:
             return self._frozen["run"].get(name)
         value: str | None = self.client.hget(self.keys.run, name)
+        return value
+
+    def run_fields(self) -> dict[str, str]:
+        """Return the run's whole hash (a few fields: see :mod:`nepi_dist.engine.keys`)."""
+        if self._frozen is not None:
+            return dict(self._frozen["run"])
+        data: dict[str, str] = self.client.hgetall(self.keys.run)
+        return data
+
+    def set_run_field(self, name: str, value: str, only_new: bool = False) -> str:
+        """Write one field of the run's hash (with ``only_new``, only when it has none); return its value."""
+        self._writable()
+        if only_new:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hsetnx(self.keys.run, name, value)
+            pipe.hget(self.keys.run, name)
+            return str(pipe.execute()[1])
+        self.client.hset(self.keys.run, name, value)
         return value
 
     def failure_level(self) -> int:

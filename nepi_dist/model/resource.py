@@ -13,6 +13,7 @@ import builtins
 import functools
 import json
 import logging
+import re
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -35,6 +36,9 @@ from nepi_dist.model.trace import Trace, TraceAttr, check_trace_args
 if TYPE_CHECKING:
     from nepi_dist.engine.context import RunContext
     from nepi_dist.engine.store import CheckResult, Store
+
+#: NEPI's delay before an RM action asks to be run again (``self.ec.schedule(reschedule_delay, ...)``).
+reschedule_delay = "1s"
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
@@ -89,6 +93,19 @@ def check_action(value: Any) -> ResourceAction:
     raise ConditionError(f"unknown action {shown(value)}")
 
 
+_UNSAFE_IN_NAME = re.compile(r"[^a-z0-9_.-]+")
+
+
+def default_label(rtype: str, guid: int) -> str:
+    """The label of an RM that was given none: its type's short name and its guid.
+
+    ``linux::Application`` guid 2 is ``application-2``: a file name and an
+    experiment file's key as it is (see :func:`nepi_dist.model.trace.result_file_name`).
+    """
+    short = _UNSAFE_IN_NAME.sub("-", rtype.rsplit("::", 1)[-1].lower()).strip("-.") or "rm"
+    return f"{short}-{guid}"
+
+
 def _encode(value: Any) -> str:
     return json.dumps(value)
 
@@ -141,11 +158,25 @@ class ResourceManager:
 
     @classmethod
     def _register_attribute(cls, attr: Attribute) -> None:
-        cls._attributes[attr.name] = attr
+        """Declare ``attr``, found under its name and each of its aliases.
+
+        A declaration that replaces an inherited one (same name) takes its
+        aliases away from the old one too.
+        """
+        cls._remove_attribute(attr.name)
+        for name in attr.names:
+            old = cls._attributes.get(name)
+            if old is not None and old is not attr:
+                cls._remove_attribute(old.name)
+            cls._attributes[name] = attr
 
     @classmethod
     def _remove_attribute(cls, name: str) -> None:
-        cls._attributes.pop(name, None)
+        attr = cls._attributes.get(name)
+        if attr is not None:
+            for other in attr.names:
+                if cls._attributes.get(other) is attr:
+                    del cls._attributes[other]
 
     @classmethod
     def _register_trace(cls, trace: Trace) -> None:
@@ -164,7 +195,8 @@ class ResourceManager:
 
     @classmethod
     def get_attributes(cls) -> list[Attribute]:
-        return list(cls._attributes.values())
+        """Every declared attribute once (an alias is not a second attribute)."""
+        return list({id(a): a for a in cls._attributes.values()}.values())
 
     @classmethod
     def get_attribute(cls, name: str) -> Attribute:
@@ -272,6 +304,11 @@ class ResourceManager:
         return self._store.rm_field(self._guid, "err")
 
     @property
+    def label(self) -> str:
+        """The name the experiment file gave this RM, else :func:`default_label` (``application-2``)."""
+        return self._store.rm_field(self._guid, "label") or default_label(self._rtype, self._guid)
+
+    @property
     def deployment_group(self) -> int | None:
         value = self._store.rm_field(self._guid, "grp")
         return None if value is None else int(value)
@@ -298,7 +335,7 @@ class ResourceManager:
     def get(self, name: str) -> Any:
         """Return the attribute's value (its default when never set)."""
         attr = self.get_attribute(name)
-        raw = self._store.rm_field(self._guid, f"a:{name}")
+        raw = self._store.rm_field(self._guid, f"a:{attr.name}")
         return attr.default if raw is None else json.loads(raw)
 
     def set(self, name: str, value: Any) -> Any:
@@ -307,12 +344,12 @@ class ResourceManager:
         value = attr.validate(value)
         if attr.set_hook is not None:
             value = attr.set_hook(self.get(name), value)
-        self._store.set_fields(self._guid, {f"a:{name}": _encode(value)})
+        self._store.set_fields(self._guid, {f"a:{attr.name}": _encode(value)})
         return value
 
     def has_changed(self, name: str) -> bool:
         """Return True when the attribute was set (differs from its declaration)."""
-        return self._store.rm_field(self._guid, f"a:{name}") is not None
+        return self._store.rm_field(self._guid, f"a:{self.get_attribute(name).name}") is not None
 
     # -- private state (the RM's own bookkeeping, shared by every worker) ---------
 
@@ -729,7 +766,8 @@ class ResourceRegistry:
         """Register every ResourceManager subclass with its own ``_rtype`` that a module defines."""
         members = [target] if isinstance(target, type) else list(vars(target).values())
         for obj in members:
-            if isinstance(obj, type) and issubclass(obj, ResourceManager) and "_rtype" in vars(obj):
+            if (isinstance(obj, type) and issubclass(obj, ResourceManager) and obj is not ResourceManager
+                    and "_rtype" in vars(obj)):
                 self.register_type(obj)
 
     def get_resource_type(self, rtype: str) -> type[ResourceManager]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from nepi_dist.errors import ArgumentTypeError, ArgumentValueError, shown
@@ -44,3 +45,11 @@ class Trace:
 
     def __repr__(self) -> str:
         return f"Trace({self.name!r})"
+
+
+def result_file_name(label: str, trace: str) -> str:
+    """The file a collected trace is written to: ``<label>.<trace>`` (``ping.stdout``, or
+    ``application-2.stdout`` for an RM with no label), with any character unsafe in a file
+    name (``/``, a leading ``.``) replaced by ``_``."""
+    name = f"{label}.{trace}".replace(os.sep, "_").replace("\\", "_").replace("\0", "_")
+    return "_" + name[1:] if name.startswith(".") else name
