@@ -310,6 +310,23 @@ def test_ctrl_c_on_nepi_dist_run_releases_everything_and_leaves_nothing_behind(t
     assert gone(f"127.0.0.1:{port}") == [], "the embedded redis-server was left running"
 
 
+def test_sigterm_on_nepi_dist_run_releases_everything_and_exits_143(tmp_path: Path) -> None:
+    seconds = unique_seconds()
+    path = script(tmp_path, "long.py", LONG_SCRIPT.format(seconds=seconds, ending="ec.wait_finished(apps)"))
+    proc = start_in_own_group([PY, "-m", "nepi_dist.cli", "run", str(path)], tmp_path)
+    try:
+        port = redis_port(read_until(proc, "STARTED"))
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kill_left(f"sleep {seconds}")
+    assert proc.returncode == 143, err
+    assert "interrupted: releasing every open run" in err
+    assert gone(f"sleep {seconds}") == [] and gone(f"127.0.0.1:{port}") == []
+
+
 def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_release(tmp_path: Path) -> None:
     path = script(tmp_path, "slow_release.py", """
         import time

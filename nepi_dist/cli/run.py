@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 #: Resource types that never finish by themselves: a file run does not wait for them by default.
 _NEVER_FINISH = frozenset({"linux::Node", "Collector"})
+#: The exit code after a SIGTERM (128 + 15), as a shell reports it.
+EXIT_TERMINATED = 143
 FILE_SUFFIXES = (".yaml", ".yml", ".json", ".xml")
 
 
@@ -150,6 +152,7 @@ def run(
         except KeyboardInterrupt:
             outcome.interrupted = True
         finally:
+            outcome.interrupted = outcome.interrupted or ending.terminated.is_set()
             if view is not None:
                 view.catch_up()
                 view.stop()
@@ -361,7 +364,7 @@ def _report(seen: list[ExperimentController], outcome: _Outcome, detach: bool, q
                           "redis_url": ec.redis_url, "resources": [r.as_json() for r in found],
                           "failed": [describe(r) for r in failed]})
     if outcome.interrupted:
-        code = EXIT_INTERRUPTED
+        code = EXIT_TERMINATED if ending.terminated.is_set() else EXIT_INTERRUPTED
     elif outcome.error is not None or (not seen and not detach and not outcome.skipped):
         code = EXIT_BAD
     else:

@@ -104,7 +104,12 @@ def release_embedded() -> None:
         force_stop(ecs)
 
 
+#: Set once a SIGTERM arrived through :func:`_on_sigterm` (``nepi-dist run`` then exits 143).
+terminated = threading.Event()
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    terminated.set()
     raise SystemExit(128 + signum)
 
 
