@@ -78,6 +78,11 @@ class ActionError(NepiError, ValueError):
     """Raised when a scheduled callable is not an action a worker may run."""
 
 
+class ActionFailedError(NepiError, RuntimeError):
+    """Raised by a worker's task when the RM action it ran failed, so that Celery and Flower show
+    the task as FAILURE with the reason (the RM is FAILED in the run already)."""
+
+
 class ControllerClosedError(NepiError, RuntimeError):
     """Raised when a change is asked of a controller that was shut down."""
 

@@ -450,7 +450,9 @@ class RunContext:
 
         ``send_task``'s routing and signal machinery costs ~40% more per message.
         """
-        message = self._app.amqp.create_task_message(task_id, task, args, {}, eta=eta, expires=expires)
+        shadow, argsrepr = self._display(task, args, queue)
+        message = self._app.amqp.create_task_message(task_id, task, args, {}, eta=eta, expires=expires,
+                                                     shadow=shadow, argsrepr=argsrepr, kwargsrepr="{}")
         producer.publish(
             message.body,
             exchange="",
@@ -461,6 +463,28 @@ class RunContext:
             retry_policy=self._retry_policy,
             **message.properties,
         )
+
+    def _display(self, task: str, args: list[Any], queue: str) -> tuple[str, str]:
+        """Return the name and arguments a task shows in Celery's events and Flower (the ``shadow``
+        and ``argsrepr`` headers): ``nepi.start``, ``start guid=4 (linux::Application on nepi.host.h1)
+        run=exp/run``.  The registered name (``nepi.action``) is unchanged: routing is by queue."""
+        where = f"run={self.exp_id}/{self.run_id}"
+        if task == ACTION_TASK:
+            payload = args[3]
+            method = str(payload.get("m", "?")).removesuffix("_with_conditions")
+            guid = payload.get("g")
+            rtype = self._rtypes.get(guid, "?") if isinstance(guid, int) else "?"
+            return f"nepi.{method}", f"{method} guid={guid} ({rtype} on {queue}) {where} aid={args[2]}"
+        if task == BATCH_TASK:
+            items = args[2]
+            methods = sorted({str(p.get("m", "?")).removesuffix("_with_conditions") for _, p in items})
+            guids = ",".join(str(p.get("g")) for _, p in items[:8]) + ("…" if len(items) > 8 else "")
+            name = f"nepi.batch.{methods[0]}" if len(methods) == 1 else "nepi.batch"
+            return name, f"{len(items)} actions {'/'.join(methods)} guids={guids} (on {queue}) {where}"
+        if task == READ_TASK:
+            payload = args[3]
+            return f"nepi.read.{payload.get('m')}", f"{payload.get('m')} guid={payload.get('g')} {where}"
+        return task, repr(args)[:200]
 
     def _dispatch(self, items: Sequence[Dispatch], from_outbox: bool, spread: int = BATCH_SPREAD) -> None:
         """Publish decided actions as Celery tasks, each due at its Redis-clock time.
