@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/ping_collect.py
+	$(BIN)/pip install --quiet -e '.[plot]'
+	$(BIN)/python -m nepi_dist.cli run --plot results/ping-collect-timeline.png examples/ping_collect.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

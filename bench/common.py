@@ -61,9 +61,17 @@ def bench_parser(
 # -- processes -----------------------------------------------------------------------
 
 
+#: ``always`` or ``everysec``: the benchmark's Redis keeps an append-only file, fsynced so
+#: (unset: none, as the embedded default).  What ``appendfsync always`` costs: README, Reliability.
+AOF_ENV = "NEPI_BENCH_AOF"
+
+
 def start_redis() -> EmbeddedRedis:
-    """Start a private redis-server on a free loopback port."""
-    return EmbeddedRedis().start()
+    """Start a private redis-server on a free loopback port (with an AOF when :data:`AOF_ENV` says so)."""
+    fsync = os.environ.get(AOF_ENV, "")
+    if fsync not in ("", "always", "everysec"):
+        raise SystemExit(f"{AOF_ENV} must be always or everysec, not {fsync!r}")
+    return EmbeddedRedis(appendonly=bool(fsync), appendfsync=fsync or "always").start()
 
 
 def start_workers(

@@ -11,6 +11,7 @@ import time
 
 from nepi_dist import (
     ExperimentController,
+    FailureLevel,
     ResourceAction,
     ResourceFactory,
     ResourceManager,
@@ -65,15 +66,18 @@ def main() -> None:
     ec.deploy()
     ec.wait_finished([*apps, late, flaky], timeout=60)
 
-    first = ec.get_resource(apps[0])
-    t0 = first.start_time or 0.0
+    t0 = ec.get_resource(apps[0]).start_time
     for g in [node, *apps, late, flaky]:
         rm = ec.get_resource(g)
-        started = f"+{rm.start_time - t0:6.3f}s" if rm.start_time else "   never"
+        started = f"{rm.start_time - t0:+7.3f}s" if rm.start_time and t0 else "   never"
         print(f"  guid {g:2d} {rm.rtype():15s} {ResourceState2str[ec.state(g)]:9s} started {started}")
-    delay = ec.get_resource(late).start_time - t0
-    print(f"late application started {delay:.3f}s after the first one (condition: 2s)")
-    print(f"failure level {ec.failure_level} (1 = OK: the failing application was not critical)")
+    late_start = ec.get_resource(late).start_time
+    if late_start and t0:
+        print(f"late application started {late_start - t0:.3f}s after the first one (condition: 2s)")
+    else:
+        print("late application never started (the first one never did)")
+    level = {FailureLevel.OK: "OK", FailureLevel.RM_FAILURE: "RM_FAILURE"}.get(ec.failure_level, "EC_FAILURE")
+    print(f"failure level {level} (the failing application was not critical)")
     ec.shutdown()
     print(f"released: {all(ec.state(g) == ResourceState.RELEASED for g in ec.resources)}; "
           f"took {time.monotonic() - began:.2f}s")

@@ -12,7 +12,9 @@ import os
 import sys
 import time
 
-from nepi_dist import ExperimentController, ResourceAction, ResourceState, ResourceState2str
+from nepi_dist import ExperimentController, FailureLevel, ResourceAction, ResourceState, ResourceState2str
+
+LEVELS = {FailureLevel.OK: "OK", FailureLevel.RM_FAILURE: "RM_FAILURE", FailureLevel.EC_FAILURE: "EC_FAILURE"}
 
 
 def main() -> int:
@@ -37,19 +39,20 @@ def main() -> int:
 
     ec.deploy()
     ec.wait_finished(pings, timeout=120)
-    first = ec.get_resource(pings[0]).start_time or 0.0
-    for ping in pings:
-        rm = ec.get_resource(ping)
+    starts = [ec.get_resource(p).start_time for p in pings]
+    first = min((t for t in starts if t), default=0.0)  # the first ping to start, on the Redis clock
+    for ping, start in zip(pings, starts, strict=True):
         summary = (ec.trace(ping, "stdout") or "").strip().splitlines()[-2:]
+        started = f"started {start - first:.3f}s after the first" if start else "never started"
         print(f"  ping {ec.get(ping, 'target')}: {ResourceState2str[ec.state(ping)]}, "
-              f"started +{(rm.start_time or first) - first:.3f}s; {' | '.join(summary)}")
+              f"{started}; {' | '.join(summary)}")
     gap = ec.get_resource(pings[2]).start_time - ec.get_resource(pings[0]).finish_time
     print(f"third ping started {gap:.3f}s after the first finished (condition: 1s)")
     ec.shutdown()
     results = os.path.join(os.path.abspath("results"), ec.exp_id, ec.run_id)
     files = sorted(os.listdir(results)) if os.path.isdir(results) else []
     print(f"results in {results}: {', '.join(files)}")
-    print(f"done in {time.monotonic() - began:.2f}s, failure level {ec.failure_level}")
+    print(f"done in {time.monotonic() - began:.2f}s, failure level {LEVELS.get(ec.failure_level, ec.failure_level)}")
     ok = all(ec.state(p) == ResourceState.RELEASED for p in pings) and len(files) == len(pings)
     return 0 if ok else 1
 

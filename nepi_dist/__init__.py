@@ -33,6 +33,7 @@ from nepi_dist.errors import (
     UnknownGuidError,
     UnknownResourceTypeError,
     UnknownTraceError,
+    UnsupportedAttributeError,
     WaitTimeoutError,
 )
 from nepi_dist.model.attribute import Attribute, Flags, Types
@@ -92,6 +93,7 @@ __all__ = [
     "UnknownGuidError",
     "UnknownResourceTypeError",
     "UnknownTraceError",
+    "UnsupportedAttributeError",
     "WaitTimeoutError",
     "clsinit",
     "clsinit_copy",

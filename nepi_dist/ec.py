@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from nepi_dist.engine import ending
 from nepi_dist.engine.celery_app import REDIS_URL_ENV, create_app, default_threads
 from nepi_dist.engine.connection import check_no_eviction, durability_warning, redis_client, typed_error
 from nepi_dist.engine.context import MAX_GUID, RunContext, as_action, check_guid, default_local_dir
@@ -225,6 +226,7 @@ class ExperimentController(RunContext):
         except BaseException:
             self._stop_machinery()
             raise
+        ending.opened(self)  # released at exit if embedded and never shut down (engine/ending.py)
 
     # -- state ---------------------------------------------------------------------
 
@@ -239,6 +241,11 @@ class ExperimentController(RunContext):
     @property
     def redis_url(self) -> str:
         return str(self._app.conf.nepi_redis_url)
+
+    @property
+    def embedded(self) -> bool:
+        """True when this controller runs its own private Redis (the run ends with this process)."""
+        return self._redis is not None
 
     @property
     def local_dir(self) -> str:
@@ -535,6 +542,7 @@ class ExperimentController(RunContext):
         pipe.execute()
 
     def _stop_machinery(self) -> None:
+        ending.closed(self)
         local = getattr(self, "_local", None)
         if local is not None:
             local.stop()

@@ -52,6 +52,11 @@ class AttributeValueError(NepiError, ValueError):
     """Raised when a value breaks its attribute's type, range or allowed set."""
 
 
+class UnsupportedAttributeError(AttributeValueError):
+    """Raised when an attribute NEPI declared is set to a value nepi_dist cannot honour on
+    this platform (an hpcbench option iperf3 has no equivalent for, X11 forwarding, ...)."""
+
+
 class ReadOnlyAttributeError(NepiError, PermissionError):
     """Raised when a ReadOnly attribute is set, or an ExecReadOnly one after deploy."""
 
@@ -71,6 +76,11 @@ class UnknownTraceError(NepiError, KeyError):
 
 class ActionError(NepiError, ValueError):
     """Raised when a scheduled callable is not an action a worker may run."""
+
+
+class ActionFailedError(NepiError, RuntimeError):
+    """Raised by a worker's task when the RM action it ran failed, so that Celery and Flower show
+    the task as FAILURE with the reason (the RM is FAILED in the run already)."""
 
 
 class ControllerClosedError(NepiError, RuntimeError):

@@ -123,7 +123,7 @@ def test_a_batch_delivered_twice_runs_each_of_its_actions_once(
 ) -> None:
     guids = [ec.register_resource(TICKER) for _ in range(3)]
     aids = [f"batch-{g}" for g in guids]
-    ec.store.add_pending([(aid, ec.store.now()) for aid in aids])
+    ec.store.add_pending([(aid, {"g": g, "m": "tick"}, ec.store.now()) for aid, g in zip(aids, guids, strict=True)])
     items = [[aid, {"g": g, "m": "tick"}] for aid, g in zip(aids, guids, strict=True)]
     _deliver_batch(ec, items, "twice-1")
     _deliver_batch(ec, items, "twice-2")  # the broker's redelivery
@@ -142,7 +142,7 @@ def test_a_malformed_batch_item_is_refused_and_the_others_still_run(
     ec: ExperimentController, received: Received
 ) -> None:
     good = ec.register_resource(TICKER)
-    ec.store.add_pending([("batch-good", ec.store.now())])
+    ec.store.add_pending([("batch-good", {"g": good, "m": "tick"}, ec.store.now())])
     _deliver_batch(ec, [["batch-good", {"g": good, "m": "tick"}], "not an item", [1, 2, 3]], "malformed")
     assert received.wait_batches(1) == [{"done": 1}]
     assert ec.store.client.get(ticks_key(ec.store.keys)) == "1"

@@ -253,7 +253,7 @@ def test_an_iperf3_client_measures_udp_throughput_against_a_server(ec: Experimen
 def test_tcpdump_captures_loopback_packets_into_the_pcap_trace(ec: ExperimentController) -> None:
     node = ec.register_resource("linux::Node")
     dump = ec.register_resource("linux::Tcpdump")
-    for name, value in dict(interface="lo", count=4, numeric=True, filter="icmp").items():
+    for name, value in dict(interface="lo", count=4, numeric=True, filter="icmp", pcapFile="pcap").items():
         ec.set(dump, name, value)
     ping = ec.register_resource("linux::Ping")
     for name, value in dict(target="127.0.0.1", count=4, interval=0.2).items():

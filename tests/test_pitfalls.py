@@ -287,7 +287,7 @@ def test_far_future_actions_wait_in_redis_not_in_a_worker(ec: ExperimentControll
 def test_an_action_delivered_twice_runs_once(ec: ExperimentController, postruns: Postruns) -> None:
     g = ec.register_resource(TICKER)
     aid = "pitfalls-dup"
-    ec.store.add_pending([(aid, ec.store.now())])
+    ec.store.add_pending([(aid, {"g": g, "m": "tick"}, ec.store.now())])
     deliver(ec, aid, g)
     deliver(ec, aid, g)
     verdicts = postruns.wait_for(aid, 2)
@@ -397,7 +397,8 @@ def test_celery_is_required_with_its_redis_extra_and_the_transport_works(redis_s
 def test_a_pickled_message_is_refused(ec: ExperimentController, postruns: Postruns) -> None:
     assert ec.app.conf.accept_content == ["json"]
     pickled, marker = ec.register_resource(TICKER), ec.register_resource(TICKER)
-    ec.store.add_pending([("pitfalls-pickle", ec.store.now()), ("pitfalls-json", ec.store.now())])
+    ec.store.add_pending([("pitfalls-pickle", {"g": pickled, "m": "tick"}, ec.store.now()),
+                          ("pitfalls-json", {"g": marker, "m": "tick"}, ec.store.now())])
     refused = threading.Event()
 
     def on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:

@@ -132,7 +132,7 @@ def test_a_replayed_transition_does_not_undo_a_later_one(redis_server: EmbeddedR
 
 def test_a_claim_whose_reply_was_lost_still_lets_its_worker_run_the_action(cutter: ReplyCutter) -> None:
     store = Store(redis_client(cutter.url), "exp-faults", "run-3")
-    store.add_pending([("a1", store.now()), ("a2", store.now())])
+    store.add_pending([("a1", {"g": 1, "m": "start"}, store.now()), ("a2", {"g": 2, "m": "start"}, store.now())])
     assert store.claim("a1", "w1/n1", False) == "run"
     cutter.cut_next_reply()
     assert store.claim("a2", "w1/n2", False) == "run", "the replayed claim is its own, not another's"

@@ -206,14 +206,6 @@ def test_a_credential_refused_by_its_type_is_not_shown_in_the_error(ec: Experime
     assert "98765432101234" not in str(info.value) and "credential" in str(info.value)
 
 
-def test_the_argsrepr_of_an_action_names_its_method_not_its_arguments() -> None:
-    from nepi_dist.engine.context import args_shown
-
-    shown = args_shown(["exp", "run", "a1", {"g": 3, "m": "set_with_conditions", "a": ["token", "s3cr3t"]}])
-    assert "s3cr3t" not in shown and "set_with_conditions" in shown
-    assert "s3cr3t" not in args_shown(["exp", "run", [["a1", {"g": 1, "m": "x", "a": ["s3cr3t"]}]]])
-
-
 # -- SSH host keys ------------------------------------------------------------------
 
 

@@ -137,19 +137,6 @@ def as_action(callback: Any) -> tuple[int, str, list[Any], dict[str, Any]] | Non
     return owner.guid, name, args, kwargs
 
 
-def args_shown(args: list[Any]) -> str:
-    """Return the ``argsrepr`` of a task's ``args``: ids, guids and methods, no argument values."""
-    shown_args: list[Any] = []
-    for arg in args:
-        if isinstance(arg, dict):
-            shown_args.append({k: arg[k] for k in ("g", "m") if k in arg})
-        elif isinstance(arg, list):  # a batch's items
-            shown_args.append(f"<{len(arg)} actions>")
-        else:
-            shown_args.append(arg)
-    return repr(shown_args)
-
-
 class RunContext:
     """One run's store, Celery app and resource types, as seen by RM code."""
 
@@ -452,7 +439,7 @@ class RunContext:
             self._store.add_outbox(items)
             buffer.add(items)
         else:
-            self._store.add_pending((aid, d) for aid, _, d in items)
+            self._store.add_pending(items)
             self._dispatch(items, from_outbox=False)
         return [aid for aid, _, _ in items]
 
@@ -467,8 +454,9 @@ class RunContext:
         the actions and their methods, never their arguments (a value set may
         be a credential).
         """
+        shadow, argsrepr = self._display(task, args, queue)
         message = self._app.amqp.create_task_message(task_id, task, args, {}, eta=eta, expires=expires,
-                                                     argsrepr=args_shown(args), kwargsrepr="{}")
+                                                     shadow=shadow, argsrepr=argsrepr, kwargsrepr="{}")
         key = getattr(self._app, "nepi_signing_key", None)
         if key is not None:
             sign(key, message.headers, message.body, queue)
@@ -482,6 +470,28 @@ class RunContext:
             retry_policy=self._retry_policy,
             **message.properties,
         )
+
+    def _display(self, task: str, args: list[Any], queue: str) -> tuple[str, str]:
+        """Return the name and arguments a task shows in Celery's events and Flower (the ``shadow``
+        and ``argsrepr`` headers): ``nepi.start``, ``start guid=4 (linux::Application on nepi.host.h1)
+        run=exp/run``.  The registered name (``nepi.action``) is unchanged: routing is by queue."""
+        where = f"run={self.exp_id}/{self.run_id}"
+        if task == ACTION_TASK:
+            payload = args[3]
+            method = str(payload.get("m", "?")).removesuffix("_with_conditions")
+            guid = payload.get("g")
+            rtype = self._rtypes.get(guid, "?") if isinstance(guid, int) else "?"
+            return f"nepi.{method}", f"{method} guid={guid} ({rtype} on {queue}) {where} aid={args[2]}"
+        if task == BATCH_TASK:
+            items = args[2]
+            methods = sorted({str(p.get("m", "?")).removesuffix("_with_conditions") for _, p in items})
+            guids = ",".join(str(p.get("g")) for _, p in items[:8]) + ("…" if len(items) > 8 else "")
+            name = f"nepi.batch.{methods[0]}" if len(methods) == 1 else "nepi.batch"
+            return name, f"{len(items)} actions {'/'.join(methods)} guids={guids} (on {queue}) {where}"
+        if task == READ_TASK:
+            payload = args[3]
+            return f"nepi.read.{payload.get('m')}", f"{payload.get('m')} guid={payload.get('g')} {where}"
+        return task, repr(args)[:200]
 
     def _dispatch(self, items: Sequence[Dispatch], from_outbox: bool, spread: int = BATCH_SPREAD) -> None:
         """Publish decided actions as Celery tasks, each due at its Redis-clock time.

@@ -8,14 +8,18 @@ as the distributed setup; only where the processes live differs.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from nepi_dist.engine.celery_app import grow_redis_pool, size_for_threads, worker_threads
@@ -26,6 +30,70 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger("nepi_dist.engine.embedded")
+
+#: prctl(2) option: the signal a process gets when the thread that forked it ends.
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: nothing is loaded between fork and exec
+
+
+def _dies_with(owner: int) -> None:
+    """Run in the child between fork and exec: be SIGKILLed when the forking thread ends.
+
+    If the owner died already (before the prctl), exit at once.
+    """
+    _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != owner:
+        os._exit(1)
+
+
+class _Spawner:
+    """One thread that lives as long as its process and forks every embedded redis-server.
+
+    A child's ``PR_SET_PDEATHSIG`` fires when the *thread* that forked it
+    ends, not only its process: forking from a thread that lives until the
+    process ends makes the server end with its owner however the owner
+    ends (an exception, ``sys.exit``, SIGTERM, SIGKILL), and never before.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._jobs: queue.SimpleQueue[tuple[list[str], Future[subprocess.Popen[bytes]]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="nepi-redis-spawner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        owner = os.getpid()
+        while True:
+            args, future = self._jobs.get()
+            try:
+                future.set_result(subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    # Its own session: a Ctrl-C in the terminal (SIGINT to the foreground
+                    # process group) does not kill it in the middle of its owner's release.
+                    start_new_session=True,
+                    preexec_fn=functools.partial(_dies_with, owner),
+                ))
+            except Exception as exc:  # the spawner's boundary: the caller raises it
+                future.set_exception(exc)
+
+    def popen(self, args: list[str]) -> subprocess.Popen[bytes]:
+        future: Future[subprocess.Popen[bytes]] = Future()
+        self._jobs.put((args, future))
+        return future.result()
+
+
+_SPAWNER: _Spawner | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def spawn_owned(args: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``args`` in its own session, to be SIGKILLed when this process ends (see :class:`_Spawner`)."""
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None or _SPAWNER.pid != os.getpid():  # a forked child needs its own thread
+            _SPAWNER = _Spawner()
+        spawner = _SPAWNER
+    return spawner.popen(args)
 
 
 def redis_server_binary() -> str:
@@ -52,20 +120,29 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 class EmbeddedRedis:
-    """A private redis-server process, removed at :meth:`stop`.
+    """A private redis-server process, removed at :meth:`stop`, and ended with its owner.
+
+    It runs in its own session (a Ctrl-C does not reach it) and is SIGKILLed by
+    the kernel when the process that started it ends, however it ends: no
+    embedded Redis outlives its controller (see :func:`spawn_owned`).
 
     It listens on ``bind`` (loopback by default; a testbed whose hosts are
     network namespaces binds it to the root side of their links).  With
     ``appendonly`` it logs every write to an append-only file in
-    ``persist_dir`` (fsync every second), so a server started again on the
-    same directory comes back with the data.
+    ``persist_dir``, fsynced before each reply (``appendfsync always``: a
+    crash of the host loses no write a client was told of; README,
+    Reliability), so a server started again on the same directory comes
+    back with the data.  Without it (the controller's default, whose data
+    lives and dies with the controller) it keeps nothing on disk.
     """
 
     def __init__(self, port: int | None = None, persist_dir: str | None = None, bind: str = "127.0.0.1",
-                 appendonly: bool = False) -> None:
+                 appendonly: bool = False, appendfsync: str = "always") -> None:
         self.bind = bind
         self.port = port or free_port(bind)
         self.appendonly = appendonly
+        #: ``always`` (the default) or ``everysec`` (to measure what ``always`` costs: ``bench/``).
+        self.appendfsync = appendfsync
         self._dir = persist_dir or tempfile.mkdtemp(prefix="nepi-redis-")
         self._own_dir = persist_dir is None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -89,15 +166,14 @@ class EmbeddedRedis:
             "--dir", self._dir,
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--loglevel", "notice",
             "--logfile", "",
         ]
         # The server says when it is ready on its log (stdout): wait for that line
         # instead of polling the port, then keep draining the log in the background.
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT)
+        self._proc = spawn_owned(args)
         ready = threading.Event()
         tail: list[bytes] = []
         thread = threading.Thread(target=self._drain, args=(ready, tail), name="nepi-redis-log", daemon=True)
@@ -188,9 +264,10 @@ class EmbeddedWorker:
 
         set_event_loop(None)
         size_for_threads(app, concurrency)
+        app.nepi_worker_name = f"nepi-embedded-{os.getpid()}-{os.urandom(3).hex()}@{socket.gethostname()}"
         self._worker = WorkController(
             app=app,
-            hostname=f"nepi-embedded-{os.getpid()}-{os.urandom(3).hex()}@{socket.gethostname()}",
+            hostname=app.nepi_worker_name,
             pool=_app_thread_pool(),
             concurrency=concurrency,
             queues=queues or [POOL_QUEUE],

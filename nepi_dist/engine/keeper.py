@@ -1,9 +1,13 @@
 """The run keeper: what a run needs while nobody acts on it, done by its workers.
 
-Three things must happen in a run at times no action chooses: a timer beyond
+Four things must happen in a run at times no action chooses: a timer beyond
 the ETA horizon comes within it and must be published; an action left in the
-outbox by a publisher that died must be re-sent; and once a critical RM has
-failed, every pending action must be dropped and revoked.  None of it needs
+outbox by a publisher that died must be re-sent; an action published but
+never claimed a visibility timeout after it was due (its message was lost on
+its way: kombu pops a message, then records it as unacknowledged, and a
+consumer or a Redis that dies in between loses it) must be re-sent from the
+run's ``sent`` hash; and once a critical RM has failed, every pending action
+must be dropped and revoked.  None of it needs
 the controller, whose process may be gone (a laptop closed after deploy):
 
 * every worker process runs one :class:`Keeper` thread;
@@ -43,6 +47,11 @@ KEEP_EVERY = 0.5
 LEASE_MS = 5000
 #: Seconds an outbox entry waits for its own publisher before a keeper re-sends it.
 OUTBOX_GRACE = 2.0
+#: Seconds past its due time plus the visibility timeout a published action may stay unclaimed
+#: before a keeper sends it again: by then kombu would have restored a message a worker held
+#: (it restores 10 at a time, so a dead worker's many messages may come back later: the copy
+#: the keeper sends then is a harmless duplicate, the claim runs the action once).
+LOST_GRACE = 1.0
 
 
 def keep(ctx: RunContext) -> None:
@@ -61,6 +70,11 @@ def keep(ctx: RunContext) -> None:
     if stale:
         log.warning("run %s/%s: re-publishing %d actions left in the outbox", store.exp_id, store.run_id, len(stale))
         ctx._dispatch(stale, from_outbox=True)
+    lost = store.lost_sends(older_than=float(ctx._app.conf.nepi_visibility_timeout) + LOST_GRACE)
+    if lost:
+        log.warning("run %s/%s: re-publishing %d actions whose message was lost", store.exp_id, store.run_id,
+                    len(lost))
+        ctx._dispatch(lost, from_outbox=True)
 
 
 class Keeper:

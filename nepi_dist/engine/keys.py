@@ -31,6 +31,8 @@ touches one slot only.  Key shapes of a run (``P`` is the prefix):
 ``P:running``             hash   action id -> worker id, while the action runs
 ``P:timers``              zset   actions due beyond the ETA horizon (score = due)
 ``P:outbox``              hash   action id -> payload, decided but maybe not published
+``P:sent``                hash   action id -> payload, published and not yet claimed
+                                 (re-sent by a keeper when its message was lost)
 ``P:publishing``          string a publisher is emptying the outbox (expires)
 ``P:keeper``              string the worker keeping the run's timers, outbox and
                                  abort (a lease: expires unless renewed)
@@ -123,6 +125,10 @@ class Keys:
     @property
     def outbox(self) -> str:
         return self.key("outbox")
+
+    @property
+    def sent(self) -> str:
+        return self.key("sent")
 
     @property
     def publishing(self) -> str:

@@ -147,17 +147,20 @@ end
 return out
 """
 
-# KEYS: run, pending, running   ARGV: action id, claim token (<worker id>/<nonce>), 1 if a release
+# KEYS: run, pending, running, sent   ARGV: action id, claim token (<worker id>/<nonce>), 1 if a release
 # Returns {'run', ''} (claimed now, or by this very token before: a replay), {'held', holder's
-# token}, or {'skip', 'aborted' | 'done'}.
+# token}, or {'skip', 'aborted' | 'done'}.  A claim ends the action's stay in 'sent': its
+# message arrived, nothing need re-send it.
 CLAIM = """
 local fl = tonumber(redis.call('HGET', KEYS[1], 'fl') or '1')
 if ARGV[3] ~= '1' and (fl ~= 1 or redis.call('HEXISTS', KEYS[1], 'drop') == 1) then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
   return {'skip', 'aborted'}
 end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[1])
   return {'run', ''}
 end
 local holder = redis.call('HGET', KEYS[3], ARGV[1])
@@ -222,8 +225,8 @@ end
 return {}
 """
 
-# KEYS: run, pending, timers, outbox   ARGV: 1 to drop only once for an abort, else 0
-# Forget every pending action, timer and outbox entry; return the ids of the pending ones.
+# KEYS: run, pending, timers, outbox, sent   ARGV: 1 to drop only once for an abort, else 0
+# Forget every pending action, timer, outbox and sent entry; return the ids of the pending ones.
 # Once for an abort: the first caller (the controller's failure manager or a keeper) drops,
 # later ones find the run's 'revoked' mark and leave alone what was sent since (a release).
 # The drop a release of the whole run does first sets the mark too: an abort noticed after
@@ -235,8 +238,41 @@ else
   redis.call('HSET', KEYS[1], 'revoked', 1)
 end
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return ids
+"""
+
+# KEYS: outbox, pending, sent, publishing   ARGV: the publisher's lease (s), then action ids
+# The actions were published: each leaves the outbox, and its payload stays in 'sent' until
+# its claim (unless it was claimed already), so that a message lost on its way (a consumer
+# that died between popping it and recording it as unacknowledged) can be sent again.
+SENT = """
+for i = 2, #ARGV do
+  local p = redis.call('HGET', KEYS[1], ARGV[i])
+  if p then
+    if redis.call('ZSCORE', KEYS[2], ARGV[i]) then redis.call('HSET', KEYS[3], ARGV[i], p) end
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+redis.call('SET', KEYS[4], 1, 'EX', ARGV[1])
+return 1
+"""
+
+# KEYS: pending, sent   ARGV: cut-off (Redis clock), now, most to return
+# Actions published, due before the cut-off and still unclaimed, whose payload 'sent' holds:
+# their message was lost.  Each is due again now (so that it is re-sent once per cut-off
+# period); returns action id, payload pairs.
+LOST = """
+local out = {}
+for _, aid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))) do
+  local p = redis.call('HGET', KEYS[2], aid)
+  if p then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], aid)
+    table.insert(out, aid)
+    table.insert(out, p)
+  end
+end
+return out
 """
 
 # KEYS: lease   ARGV: holder id, milliseconds

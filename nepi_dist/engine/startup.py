@@ -45,6 +45,13 @@ load_resource_types(modules_from_env())
 app = create_app()
 
 
+@signals.celeryd_init.connect
+def _record_name(sender: object = None, conf: object = None, **_: object) -> None:
+    """Keep this worker's Celery node name (``name@host``) for its heartbeat (``nepi-dist workers``)."""
+    if conf is app.conf and isinstance(sender, str):
+        app.nepi_worker_name = sender
+
+
 @signals.worker_ready.connect
 def _start_watching(sender: object = None, **_: object) -> None:
     """Before this app's worker runs a task: size its runtime's Redis pool for the worker's

@@ -7,9 +7,13 @@ stream, the deployment-group count, and the critical-failure mark.
 
 Actions that a script decides to run (woken waiters, group starts, due
 timers) are written to the run's *outbox* and *pending* set in the same
-script; the caller publishes them and then clears the outbox.  If the caller
-dies in between, the failure manager's sweep publishes them again; the claim
-on the action id makes a second delivery a no-op.
+script; the caller publishes them and then moves them from the outbox to
+``sent``, where each payload stays until the action's claim.  If the caller
+dies in between, a keeper publishes the outbox again; if a message is lost
+on its way (a consumer or a Redis that dies between kombu's pop and its
+record of the message as unacknowledged), a keeper sends it again from
+``sent`` once it is a visibility timeout overdue.  The claim on the action
+id makes a second delivery a no-op.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from nepi_dist.engine.lua import (
     GATE,
     JOIN_GROUP,
     LEASE,
+    LOST,
     POP_TIMERS,
     REGISTER,
+    SENT,
     TAKEOVER,
     TRANSITION,
     UNCLAIM,
@@ -126,6 +132,8 @@ class Store:
         self._unclaim = reg(UNCLAIM)
         self._finish = reg(FINISH)
         self._drop = reg(DROP)
+        self._sent = reg(SENT)
+        self._lost = reg(LOST)
         self._lease = reg(LEASE)
 
     @property
@@ -374,12 +382,19 @@ class Store:
 
     # -- actions -------------------------------------------------------------
 
-    def add_pending(self, items: Iterable[tuple[str, float]]) -> None:
-        """Record action ids as published and unclaimed (before publishing them)."""
+    def add_pending(self, items: Sequence[Dispatch]) -> None:
+        """Record actions as published and unclaimed, their payloads in ``sent`` (before publishing them).
+
+        A message lost on its way is sent again from ``sent`` by a keeper
+        (:meth:`lost_sends`), as is one whose publisher died before it published.
+        """
         self._writable()
-        mapping = {aid: due for aid, due in items}
-        if mapping:
-            self.client.zadd(self.keys.pending, mapping)
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(self.keys.pending, {aid: due for aid, _, due in items})
+        pipe.hset(self.keys.sent, mapping={aid: json.dumps(p, separators=(",", ":")) for aid, p, _ in items})
+        pipe.execute()
 
     def add_outbox(self, items: Sequence[Dispatch]) -> None:
         """Record decided actions as pending and in the outbox, to be published a moment later.
@@ -399,15 +414,31 @@ class Store:
     def unpend(self, aids: Sequence[str]) -> None:
         """Forget action ids whose publication failed."""
         if aids:
-            self.client.zrem(self.keys.pending, *aids)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zrem(self.keys.pending, *aids)
+            pipe.hdel(self.keys.sent, *aids)
+            pipe.execute()
 
     def clear_outbox(self, aids: Sequence[str]) -> None:
-        """Remove published actions from the outbox, renewing the publisher's lease."""
+        """Move published actions from the outbox to ``sent`` (until claimed), renewing the publisher's lease."""
         if aids:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(self.keys.outbox, *aids)
-            pipe.set(self.keys.publishing, 1, ex=OUTBOX_LEASE)
-            pipe.execute()
+            k = self.keys
+            self._sent(client=self.client, keys=[k.outbox, k.pending, k.sent, k.publishing],
+                       args=[OUTBOX_LEASE, *aids])
+
+    def lost_sends(self, older_than: float, limit: int = 500) -> list[Dispatch]:
+        """Return published actions still unclaimed ``older_than`` s after they were due, now due again.
+
+        Their message was lost: a consumer popped it and died before kombu
+        recorded it as unacknowledged (so no visibility timeout brings it
+        back), or its publisher died before publishing.  ``older_than`` is
+        the visibility timeout plus a grace, past which a message that merely
+        waited in a worker would have come back by itself.
+        """
+        now = self.now()
+        k = self.keys
+        out = self._lost(client=self.client, keys=[k.pending, k.sent], args=[now - older_than, now, limit])
+        return [(str(out[i]), json.loads(out[i + 1]), now) for i in range(0, len(out), 2)]
 
     def stale_outbox(self, older_than: float) -> list[Dispatch]:
         """Return outbox actions decided more than ``older_than`` seconds ago."""
@@ -446,7 +477,7 @@ class Store:
         """
         k = self.keys
         verdict, holder = self._claim(
-            client=self.client, keys=[k.run, k.pending, k.running], args=[aid, token, int(is_release)]
+            client=self.client, keys=[k.run, k.pending, k.running, k.sent], args=[aid, token, int(is_release)]
         )
         if verdict != "held":
             return "run" if verdict == "run" else f"skip:{holder}"
@@ -466,6 +497,12 @@ class Store:
             return 0
         args = [UNCLAIMED] + [x for pair in claims for x in pair]
         return int(self._unclaim(client=self.client, keys=[self.keys.running], args=args))
+
+    def claims_of(self, worker_id: str) -> list[tuple[str, str]]:
+        """Return the (action id, token) of every claim of this run that ``worker_id`` holds."""
+        prefix = f"{worker_id}/"
+        running: dict[str, str] = self.client.hgetall(self.keys.running)
+        return [(aid, token) for aid, token in running.items() if token.startswith(prefix)]
 
     def heartbeat_left(self, worker_id: str) -> float:
         """Return the seconds until the heartbeat of ``worker_id`` expires (0 if gone)."""
@@ -521,7 +558,8 @@ class Store:
         """
         self._writable()
         k = self.keys
-        out = self._drop(client=self.client, keys=[k.run, k.pending, k.timers, k.outbox], args=[int(for_abort)])
+        out = self._drop(client=self.client, keys=[k.run, k.pending, k.timers, k.outbox, k.sent],
+                         args=[int(for_abort)])
         return [str(aid) for aid in out]
 
     # -- run -----------------------------------------------------------------

@@ -31,10 +31,10 @@ from nepi_dist.engine.connection import check_no_eviction, redis_client
 from nepi_dist.engine.context import ACTION_TASK, READ_METHODS, READ_TASK, RELEASE_METHODS, RunContext, resolve_action
 from nepi_dist.engine.heartbeat import HEARTBEAT_EVERY, HEARTBEAT_TTL, beat, clear_dead_in_my_space
 from nepi_dist.engine.keeper import Keeper
-from nepi_dist.engine.keys import worker_key
+from nepi_dist.engine.keys import RUNS_KEY, parse_run_member, worker_key
 from nepi_dist.engine.routing import POOL_QUEUE, this_worker_host
 from nepi_dist.engine.store import Store
-from nepi_dist.errors import ActionError, UnknownResourceTypeError
+from nepi_dist.errors import ActionError, ActionFailedError, UnknownResourceTypeError
 from nepi_dist.model import secrets
 from nepi_dist.model.resource import ResourceFactory, ResourceRegistry
 
@@ -85,13 +85,15 @@ class WorkerRuntime:
 
     def _beat(self) -> None:
         beat(self.client, self.worker_id,
-             {"machine": socket.gethostname(), "host": this_worker_host(), "queues": self.queues})
+             {"machine": socket.gethostname(), "host": this_worker_host(), "queues": self.queues,
+              "name": getattr(self.app, "nepi_worker_name", None)})  # Celery's name@host
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):
             try:
                 self._beat()
                 self._give_up_abandoned()
+                self._give_up_orphans()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -128,6 +130,36 @@ class WorkerRuntime:
                     self._abandoned.extend((store, aid, token) for aid, token in claims)
                 raise
             log.warning("gave up %d claims that a Redis error cut short: they will be resumed", given)
+
+    def _give_up_orphans(self) -> int:
+        """Give up every claim of this worker whose action it no longer runs; return how many.
+
+        Such a claim is left when Redis lost the write that ended it (a crash
+        of its host under ``appendfsync everysec``, a failover to a replica
+        behind): its holder is alive, so no other worker takes it over, and
+        the holder never looks at it again.  Given up, the next delivery of
+        the action takes it over and resumes it.  Safe against a race: an
+        action runs here from before its claim is written until after its
+        finish, and a claim is given up only under its own token (a claim
+        taken again since has another).
+        """
+        given = 0
+        for member in self.client.zrange(RUNS_KEY, 0, -1):
+            ids = parse_run_member(member)
+            if ids is None:
+                continue
+            store = self.context(*ids).store
+            claims = store.claims_of(self.worker_id)  # read before the snapshot of what runs here
+            if not claims:
+                continue
+            with self._lock:
+                orphans = [(aid, token) for aid, token in claims if (store.keys.prefix, aid) not in self._running]
+            if orphans:
+                n = store.unclaim(orphans)
+                given += n
+                log.warning("run %s/%s: gave up %d claims of this worker that no action here runs (Redis lost "
+                            "their end): they will be resumed", store.exp_id, store.run_id, n)
+        return given
 
     @property
     def batch_pool(self) -> ThreadPoolExecutor:
@@ -181,6 +213,23 @@ def runtime_of(app: Celery) -> WorkerRuntime:
 _RUNTIME_LOCK = threading.Lock()
 
 
+class Verdict(str):
+    """What happened to an action (for logs and tests), with why when its RM method failed."""
+
+    reason: str | None = None
+
+
+def _verdict(text: str, reason: str | None = None) -> Verdict:
+    verdict = Verdict(text)
+    verdict.reason = reason
+    return verdict
+
+
+def failed_reasons(verdicts: list[Any]) -> list[str]:
+    """Return the reasons of the failed actions among ``verdicts``."""
+    return [v.reason or "failed" for v in verdicts if v in ("error", "resumed:error")]
+
+
 def run_action(app: Celery, exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
     """Claim and run one RM action; return what happened (for logs and tests).
 
@@ -229,7 +278,7 @@ def _claim_and_run(ctx: RunContext, aid: str, token: str, payload: dict[str, Any
         log.debug("action %s %s on guid %s: %s", aid, method, payload.get("g"), verdict)
         return verdict
     tracked = bool(payload.get("t"))
-    status, result = "DONE", None
+    status, result, reason = "DONE", None, None
     try:
         rm = ctx.get_resource(int(payload["g"]))
         rm._resumed = verdict == "resume"
@@ -239,11 +288,15 @@ def _claim_and_run(ctx: RunContext, aid: str, token: str, payload: dict[str, Any
         raise  # not the action's failure: it runs again
     except Exception as exc:
         status, result = "ERROR", secrets.redact(traceback.format_exc())
-        log.warning("action %s %s on guid %s failed: %s", aid, method, payload.get("g"), exc)
+        reason = secrets.redact(f"{method} guid={payload.get('g')}: {type(exc).__name__}: {exc}")
+        # An RM method's failure was logged by its failtrap (and by the controller): once is enough.
+        log.log(logging.INFO if getattr(exc, "_nepi_trapped", False) else logging.WARNING,
+                "action %s %s on guid %s failed: %s", aid, method, payload.get("g"), exc)
         if _is_setup_error(exc):
-            _fail_resource(ctx, int(payload["g"]), f"{type(exc).__name__}: {exc}")
+            _fail_resource(ctx, int(payload["g"]), f"{type(exc).__name__}: {exc}",
+                           released=method in RELEASE_METHODS)
     ctx.store.finish(aid, token, tracked, status, result)
-    return status.lower() if verdict == "run" else f"resumed:{status.lower()}"
+    return _verdict(status.lower() if verdict == "run" else f"resumed:{status.lower()}", reason)
 
 
 def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[str, int]:
@@ -277,9 +330,11 @@ def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[s
             log.error("publishing %d actions of a batch failed (left in the outbox): %s", len(sends), exc)
     counts: dict[str, int] = {}
     cut_short: Reject | None = None
+    reasons: list[str] = []
     for future in futures:
         try:
             verdict = future.result()
+            reasons += failed_reasons([verdict])
         except Reject as exc:
             cut_short, verdict = exc, "cut-short"
         except Exception as exc:  # the task boundary: one action's crash does not drop the others
@@ -288,6 +343,8 @@ def run_batch(app: Celery, exp_id: str, run_id: str, items: list[Any]) -> dict[s
         counts[verdict] = counts.get(verdict, 0) + 1
     if cut_short is not None:  # back to the queue: the actions done are skipped, the others resumed
         raise cut_short
+    if reasons:  # shown as FAILURE (the message is acknowledged: each action keeps its own claim)
+        raise ActionFailedError(f"{len(reasons)} of {len(valid)} actions failed: " + "; ".join(reasons[:5]))
     return counts
 
 
@@ -326,13 +383,17 @@ def _is_setup_error(exc: Exception) -> bool:
     return isinstance(exc, (ActionError, UnknownResourceTypeError))
 
 
-def _fail_resource(ctx: RunContext, guid: int, message: str) -> None:
-    """Fail an RM whose action this worker cannot run at all (unknown type or method)."""
+def _fail_resource(ctx: RunContext, guid: int, message: str, released: bool = False) -> None:
+    """Fail an RM whose action this worker cannot run at all (unknown type or method).
+
+    A release still ends in RELEASED (a release never fails): the error stays recorded.
+    """
     from nepi_dist.model.state import ResourceState
 
     try:
-        ctx.store.set_fields(guid, {"err": secrets.redact(message)})
-        ctx._transition(guid, ResourceState.FAILED)
+        if ctx.store.rm_field(guid, "err") is None or not released:
+            ctx.store.set_fields(guid, {"err": secrets.redact(message)})
+        ctx._transition(guid, ResourceState.RELEASED if released else ResourceState.FAILED)
     except Exception as exc:  # the task boundary: record and go on
         log.error("could not fail guid %s: %s", guid, exc)
 
@@ -353,20 +414,36 @@ def signed(app: Celery, request: Any, exp_id: str, run_id: str, run: Callable[[]
     if reason is not None:
         signing.record_refusal(client, exp_id, run_id, request, reason)
         return f"refused:{reason}"
-    result = run()
+    try:
+        result = run()
+    except ActionFailedError:  # it ran to its end, failing: the same message again is a replay too
+        signing.done(request, client, exp_id, run_id)
+        raise
     signing.done(request, client, exp_id, run_id)
     return result
+
+
+def _action(app: Celery, exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
+    """Run one action; raise ActionFailedError (shown as FAILURE) when the RM's method failed."""
+    verdict = run_action(app, exp_id, run_id, aid, payload)
+    failed = failed_reasons([verdict])
+    if failed:
+        raise ActionFailedError(failed[0])
+    return verdict
 
 
 def register_tasks(app: Celery) -> None:
     """Register nepi's tasks on ``app`` (explicit names under ``nepi.``), each behind :func:`signed`."""
 
-    @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True, shared=False, bind=True)
+    # A failed RM action raises ActionFailedError, an expected error (``throws``): Celery's events
+    # and Flower show FAILURE with the reason, and the worker logs it without a traceback.
+    @app.task(name=ACTION_TASK, acks_late=True, ignore_result=True, shared=False, bind=True,
+              throws=(ActionFailedError,))
     def action(self: Any, exp_id: str, run_id: str, aid: str, payload: dict[str, Any]) -> str:
-        return signed(app, self.request, exp_id, run_id,
-                      functools.partial(run_action, app, exp_id, run_id, aid, payload))
+        return signed(app, self.request, exp_id, run_id, functools.partial(_action, app, exp_id, run_id, aid, payload))
 
-    @app.task(name=BATCH_TASK, acks_late=True, ignore_result=True, shared=False, bind=True)
+    @app.task(name=BATCH_TASK, acks_late=True, ignore_result=True, shared=False, bind=True,
+              throws=(ActionFailedError,))
     def batch(self: Any, exp_id: str, run_id: str, items: list[Any]) -> dict[str, int] | str:
         return signed(app, self.request, exp_id, run_id, functools.partial(run_batch, app, exp_id, run_id, items))
 

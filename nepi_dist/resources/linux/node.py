@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import shlex
+import socket
 from typing import Any
 
 from nepi_dist.engine.routing import DEFAULT_WORKER_WAIT, WORKER_WAIT, this_worker_host
@@ -12,9 +12,50 @@ from nepi_dist.model.resource import ResourceManager
 from nepi_dist.model.state import ResourceState
 from nepi_dist.resources.linux.shell import HostSpec, Result, Shell, shell_for
 
-#: A package name apt-get or dnf accepts (with an optional architecture and version): the
-#: names are quoted anyway; this keeps the package manager from being handed a path or an option.
-_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._~-]*(:[A-Za-z0-9_-]+)?(=[A-Za-z0-9+._~:-]+)?$")
+#: The file on each host whose flock makes package installs take turns (world-writable /tmp:
+#: every user of the host and every worker reaching it meet on the same file).
+PACKAGE_LOCK = "/tmp/nepi-dist-packages.lock"
+#: Seconds an install waits for the host's package lock (and apt-get for dpkg's) before failing.
+PACKAGE_WAIT = 1800
+
+
+def install_script(packages: list[str], lock: str = PACKAGE_LOCK, wait: int = PACKAGE_WAIT) -> str:
+    """The bash script installing the missing ones of ``packages``, one run per host at a time.
+
+    It prints what it did on its first line of output (``nepi_dist: ...``); exit
+    code 0 when every package is installed at the end.
+    """
+    names = " ".join(shlex.quote(p) for p in packages)
+    timeout = f"-o DPkg::Lock::Timeout={int(wait)}"
+    return (
+        f"pkgs=({names}); "
+        "have() { if command -v dpkg >/dev/null 2>&1; then "
+        "dpkg -s \"$1\" 2>/dev/null | grep -q '^Status: install ok installed'; "
+        "elif command -v rpm >/dev/null 2>&1; then rpm -q \"$1\" >/dev/null 2>&1; else return 1; fi; }; "
+        "lacking() { m=(); for p in \"${pkgs[@]}\"; do have \"$p\" || m+=(\"$p\"); done; }; "
+        "lacking; "
+        "if [ ${#m[@]} -eq 0 ]; then echo \"nepi_dist: already installed: ${pkgs[*]}\"; exit 0; fi; "
+        f"lock={shlex.quote(lock)}; "
+        "[ -e \"$lock\" ] || (umask 0; : >> \"$lock\") 2>/dev/null; "
+        "exec 9<\"$lock\" || { echo \"nepi_dist: cannot open the package lock $lock\" >&2; exit 102; }; "
+        "t0=$(date +%s.%N); "
+        f"flock -w {int(wait)} 9 || {{ echo \"nepi_dist: waited {int(wait)} s for the package lock $lock\" >&2; "
+        "exit 101; }; "
+        "t1=$(date +%s.%N); "
+        "lacking; "
+        "if [ ${#m[@]} -eq 0 ]; then echo \"nepi_dist: installed meanwhile (lock held $t1, waited from $t0): "
+        "${pkgs[*]}\"; exit 0; fi; "
+        "echo \"nepi_dist: installing ${m[*]} (lock held $t1, waited from $t0)\"; "
+        "S=\"\"; [ \"$(id -u)\" = 0 ] || S=\"sudo -n\"; "
+        "if command -v apt-get >/dev/null 2>&1; then "
+        f"  $S env DEBIAN_FRONTEND=noninteractive apt-get {timeout} install -y -q \"${{m[@]}}\" || "
+        f"  {{ $S apt-get {timeout} update -q && "
+        f"    $S env DEBIAN_FRONTEND=noninteractive apt-get {timeout} install -y -q \"${{m[@]}}\"; }}; "
+        "elif command -v dnf >/dev/null 2>&1; then $S dnf install -y \"${m[@]}\"; "
+        "elif command -v yum >/dev/null 2>&1; then $S yum install -y \"${m[@]}\"; "
+        "else echo 'nepi_dist: no apt-get, dnf or yum on this host' >&2; exit 100; fi; "
+        "code=$?; echo \"nepi_dist: released the package lock $(date +%s.%N)\"; exit $code"
+    )
 
 
 def _ere_literal(text: str) -> str:
@@ -38,7 +79,8 @@ class LinuxNode(ResourceManager):
     @classmethod
     def _register_attributes(cls) -> None:
         add = cls._register_attribute
-        add(Attribute("hostname", "Host name or address; 'localhost' runs locally",
+        add(Attribute("hostname", "Host name or address; localhost, 127.0.0.1 or ::1 run locally "
+                      "(whatever the username; a port other than 22 means an sshd there)",
                       default="localhost", flags=Flags.ExecReadOnly))
         add(Attribute("username", "SSH user", flags=Flags.ExecReadOnly))
         add(Attribute("port", "SSH port", type=Types.Integer, default=22, range=(1, 65535),
@@ -61,6 +103,13 @@ class LinuxNode(ResourceManager):
                       default=False, flags=Flags.ExecReadOnly))
         add(Attribute("cleanProcesses", "Kill the user's processes run from ${HOME}/nepi-exp on deploy and release",
                       type=Types.Bool, default=False, flags=Flags.ExecReadOnly))
+        add(Attribute("cleanProcessesAfter", "At release, kill what is still running from this experiment's "
+                      "folder on a remote host (never on the worker's own machine)", type=Types.Bool,
+                      default=True, flags=Flags.ExecReadOnly))
+        add(Attribute("home", "Folder holding nepi-usr and nepi-exp: absolute, or relative to ${HOME}; "
+                      "default ${HOME}", flags=Flags.ExecReadOnly))
+        add(Attribute("ip", "The host's IP address; found from hostname at deploy when not given",
+                      flags=Flags.ExecReadOnly))
         add(Attribute("tearDown", "Command run on the host at release", flags=Flags.ExecReadOnly | Flags.Command))
         add(Attribute("worker", "Host worker serving this node (`nepi-dist worker --host NAME`): "
                       "its RMs run there, locally; empty = the pool, over SSH", flags=Flags.ExecReadOnly))
@@ -97,6 +146,9 @@ class LinuxNode(ResourceManager):
         home = self._got("home")
         if home is None:
             home = self.execute("printf %s \"$HOME\"", check=True).stdout
+            chosen = self.get("home")
+            if chosen:
+                home = chosen if chosen.startswith("/") else f"{home}/{chosen}"
             self._put(home=home)
         return str(home)
 
@@ -157,7 +209,9 @@ class LinuxNode(ResourceManager):
         """
         exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
         inner = f"{exports}{command}"
-        run = f"sudo -E bash -c {shlex.quote(inner)}" if sudo else f"bash -c {shlex.quote(inner)}"
+        run = f"bash -c {shlex.quote(inner)}"
+        if sudo:  # root needs no sudo (and a host may have none)
+            run = f"if [ \"$(id -u)\" = 0 ]; then {run}; else sudo -E {run}; fi"
         src = shlex.quote(stdin) if stdin else "/dev/null"
         wrapper = (
             f"cd {shlex.quote(home)} || exit 1; "
@@ -173,9 +227,10 @@ class LinuxNode(ResourceManager):
 
     def kill_group(self, pid: int, sudo: bool = False) -> None:
         """Terminate the process group led by ``pid`` (then kill what is left)."""
-        prefix = "sudo " if sudo else ""
+        prefix = "$S " if sudo else ""
         self.execute(
-            f"{prefix}kill -TERM -- -{pid} 2>/dev/null; sleep 0.2; {prefix}kill -KILL -- -{pid} 2>/dev/null; true"
+            ('S=""; [ "$(id -u)" = 0 ] || S="sudo -n"; ' if sudo else "")
+            + f"{prefix}kill -TERM -- -{pid} 2>/dev/null; sleep 0.2; {prefix}kill -KILL -- -{pid} 2>/dev/null; true"
         )
 
     def upload(self, data: bytes, path: str, mode: int = 0o644) -> None:
@@ -188,22 +243,16 @@ class LinuxNode(ResourceManager):
         return self.shell.size(path)
 
     def install_packages(self, packages: list[str]) -> Result:
-        """Install packages with the host's package manager (apt-get or dnf)."""
-        if not packages:
-            return Result("", "", 0)
-        bad = [p for p in packages if not _PACKAGE.match(p)]
-        if bad:
-            raise ValueError(f"not a package name: {', '.join(repr(p[:60]) for p in bad[:5])}")
-        names = " ".join(shlex.quote(p) for p in packages)
-        sudo = "" if self.execute("id -u").stdout.strip() == "0" else "sudo -n "
-        command = (
-            f"if command -v apt-get >/dev/null; then "
-            f"  {sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {names} || "
-            f"  ({sudo}apt-get update -q && {sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {names}); "
-            f"elif command -v dnf >/dev/null; then {sudo}dnf install -y {names}; "
-            f"else echo 'no apt-get or dnf on this host' >&2; exit 100; fi"
-        )
-        return self.execute(command, timeout=1800)
+        """Install those of ``packages`` the host lacks (apt-get or dnf), as NEPI did.
+
+        Installed packages are found first (``dpkg -s`` / ``rpm -q``): when none
+        is missing, no package manager runs.  Otherwise one run at a time per
+        host, however many workers reach it: the run holds an flock on
+        :data:`PACKAGE_LOCK` on the host itself, and a second one waits for it
+        (up to :data:`PACKAGE_WAIT` seconds), then checks again what is still
+        missing.  apt-get also waits for the dpkg lock another program holds.
+        """
+        return self.execute(install_script(packages), timeout=PACKAGE_WAIT * 2 + 60)
 
     def missing_commands(self, commands: list[str]) -> list[str]:
         """Return which of ``commands`` are not on the host's PATH."""
@@ -234,17 +283,24 @@ class LinuxNode(ResourceManager):
                                                   self.share_dir, self.node_home))
         commands.append(f"mkdir -p {dirs}")
         self.execute(" ; ".join(commands), check=True)
+        if not self.get("ip") and not self.get("gateway"):
+            try:
+                infos = socket.getaddrinfo(self.get("hostname") or "localhost", None)
+                self.set("ip", str(infos[0][4][0]))
+            except OSError as exc:
+                self.warning(f"cannot resolve {self.get('hostname')!r} to an address: {exc}")
         super().do_provision()
 
-    def _kill_user_processes(self) -> str:
-        """The command killing the user's processes run from this host's ``${HOME}/nepi-exp``.
+    def _kill_user_processes(self, folder: str | None = None) -> str:
+        """The command killing the user's processes run from ``folder`` (default: this host's ``${HOME}/nepi-exp``).
 
         The pattern's last letter is in brackets so that it does not match the
         command line of the shell running it (which would kill that shell and
         the commands after it); run it alone, not joined to commands naming
         such a path.
         """
-        pattern = _ere_literal(self.exp_dir[:-1]) + f"[{self.exp_dir[-1]}]/"
+        folder = (folder or self.exp_dir).rstrip("/")
+        pattern = _ere_literal(folder[:-1]) + f"[{folder[-1]}]/"  # in brackets a character is literal
         return f"pkill -KILL -u \"$(id -u)\" -f {shlex.quote(pattern)} 2>/dev/null; true"
 
     def do_start(self) -> None:
@@ -260,6 +316,8 @@ class LinuxNode(ResourceManager):
                 self.execute(tear_down, timeout=300)
             if self.get("cleanProcesses"):
                 self.execute(self._kill_user_processes())
+            elif self.get("cleanProcessesAfter") and not self.host_spec().local:
+                self.execute(self._kill_user_processes(f"{self.exp_home}/"))
         finally:
             self.set_released()
 

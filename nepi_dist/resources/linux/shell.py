@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from nepi_dist.errors import NepiError
 
+#: Host names that name the worker's own machine (NEPI's ``localhost`` rule).
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
 if TYPE_CHECKING:
     import paramiko
 
@@ -59,7 +62,12 @@ class HostSpec:
 
     @property
     def local(self) -> bool:
-        return self.hostname in ("localhost", "127.0.0.1", "::1") and self.port == 22 and not self.username
+        """NEPI's rule: a loopback host name runs locally whatever the user name or key.
+
+        A port other than 22 on it, or a gateway, still means SSH: an sshd of
+        its own on that port, or the gateway's own loopback.
+        """
+        return self.hostname in LOOPBACK_NAMES and self.port == 22 and not self.gateway
 
 
 @dataclasses.dataclass

@@ -1,0 +1,1 @@
+"""NEPI's import paths on nepi_dist: re-exports only."""

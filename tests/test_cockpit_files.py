@@ -1,0 +1,104 @@
+"""``nepi-dist run EXPERIMENT.yaml``: the experiment file (issue 10's nepi_dist.experiment) through the
+command, as a subprocess against real runs: parameters, runs, a resumed sweep, bad files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nepi_dist.engine.embedded import EmbeddedRedis
+
+from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
+
+FILE = """
+version: 1
+exp_id: cockpit-file
+parameters:
+  word: {default: hello, help: what to echo}
+  n: {type: integer, default: 1}
+sweep:
+  n: [1, 2, 3]
+resources:
+  node: {type: LinuxNode}
+  app:
+    type: LinuxApplication
+    attributes: {command: "echo {{ word }} {{ n }}"}
+    traces: [stdout]
+connections:
+  - [app, node]
+"""
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "nepi_dist.cli", *args], capture_output=True, text=True,
+                          env=full, timeout=timeout, cwd=str(ROOT))
+
+
+@pytest.fixture
+def experiment_file(tmp_path: Path) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(FILE))
+    return path
+
+
+def test_a_file_run_takes_its_parameters_and_exits_0_with_its_json_summary(experiment_file: Path) -> None:
+    out = cli("run", "--json", "--param", "word=bye", "--runs", "2", str(experiment_file))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["exit_code"] == 0 and len(summary["runs"]) == 2
+    assert {r["exp_id"] for r in summary["runs"]} == {"cockpit-file"}
+    for run in summary["runs"]:
+        app = next(r for r in run["resources"] if r["rtype"] == "linux::Application")
+        assert app["command"] == "echo bye 1" and "FINISHED" in app["times"]
+
+
+def test_an_undeclared_parameter_or_a_malformed_file_exits_2_saying_why(experiment_file: Path, tmp_path: Path) -> None:
+    out = cli("run", "--param", "nope=1", str(experiment_file))
+    assert out.returncode == 2 and "declares no parameter nope (it has: n, word)" in out.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nresources: 3\n")
+    out = cli("run", str(bad))
+    assert out.returncode == 2 and "$.resources" in out.stderr
+    out = cli("run", "--param", "n=many", str(experiment_file))
+    assert out.returncode == 2 and "n" in out.stderr
+
+
+def test_a_failing_file_run_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "fail.yaml"
+    path.write_text(textwrap.dedent(FILE).replace('"echo {{ word }} {{ n }}"', '"exit 5"'))
+    out = cli("run", str(path))
+    assert out.returncode == 1, out.stderr
+    assert "FAILED linux::Application guid 2 on localhost running 'exit 5': command exited 5" in out.stdout
+
+
+def test_a_relaunched_sweep_skips_the_points_already_done(redis_server: EmbeddedRedis,
+                                                           experiment_file: Path) -> None:
+    worker = start_worker_process(redis_server.url, "sweep")
+    try:
+        wait_for_workers(redis_server.url, 1)
+        env = {"NEPI_DIST_REDIS_URL": redis_server.url}
+        first = cli("run", "--sweep", "--json", str(experiment_file), env=env)
+        assert first.returncode == 0, first.stderr
+        assert [json.loads(r["resources"][1]["command"].split(" ", 2)[2]) for r in json.loads(first.stdout)["runs"]] \
+            == [1, 2, 3]
+        # One point's run is lost (deleted): the relaunch runs that one only.
+        lost = json.loads(first.stdout)["runs"][1]
+        assert cli("clean", "cockpit-file", lost["run_id"], env=env).returncode == 0
+        again = cli("run", "--sweep", "--json", str(experiment_file), env=env)
+        assert again.returncode == 0, again.stderr
+        (rerun,) = json.loads(again.stdout)["runs"]
+        assert rerun["resources"][1]["command"] == "echo hello 2"
+        assert again.stderr.count("done already: skipped") == 2
+        listing = json.loads(cli("ls", "--json", "--exp", "cockpit-file", env=env).stdout)
+        assert len(listing) == 3
+        done = cli("run", "--sweep", str(experiment_file), env=env)
+        assert done.returncode == 0 and done.stderr.count("done already: skipped") == 3
+    finally:
+        stop_process(worker)
