@@ -126,7 +126,7 @@ def test_a_signed_run_goes_through_and_forged_messages_run_nothing(signed_worker
         aid = f"legit-{os.urandom(3).hex()}"
         replayed_args = [ec.exp_id, ec.run_id, aid, {"g": target, "m": "deploy"}]
         app = ec._app
-        ec.store.add_pending([(aid, ec.store.now())])  # decided, as the controller's deploy does
+        ec.store.add_pending([(aid, replayed_args[3], ec.store.now())])  # decided, as the controller's deploy does
         message = app.amqp.create_task_message(f"t-{aid}", ACTION_TASK, replayed_args, {})
         headers = dict(message.headers)
         sign(key, headers, message.body, POOL_QUEUE)
