@@ -154,7 +154,9 @@ class ExperimentFileError(NepiError, ValueError):
 
 class RunnerError(NepiError, ValueError):
     """Raised when an ExperimentRunner is given no way to stop (no ``max_runs`` and no metric),
-    bounds that contradict each other, or a convergence rule without samples."""
+    bounds that contradict each other, or a convergence rule without samples; and when a run's
+    metric cannot be read (``nepi-dist run --until-converged --metric``: no such label, no number
+    in the trace, nothing finished)."""
 
 
 def shown(value: object, limit: int = 60) -> str:

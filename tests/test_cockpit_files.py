@@ -102,3 +102,39 @@ def test_a_relaunched_sweep_skips_the_points_already_done(redis_server: Embedded
         assert done.returncode == 0 and done.stderr.count("done already: skipped") == 3
     finally:
         stop_process(worker)
+
+
+def test_until_converged_stops_once_a_steady_metric_converges(tmp_path: Path) -> None:
+    path = tmp_path / "steady.yaml"
+    path.write_text(textwrap.dedent(FILE).replace('"echo {{ word }} {{ n }}"', '"echo value 10"'))
+    out = cli("run", "--json", "--until-converged", "--min-runs", "3", "--runs", "6",
+              "--metric", "app.stdout:value ([0-9.]+)", str(path))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert len(summary["runs"]) == 3
+    assert len({r["run_id"] for r in summary["runs"]}) == 3 and {r["exp_id"] for r in summary["runs"]} == {
+        "cockpit-file"}
+    assert summary["convergence"] == ["converged after 3 runs: metric 10 ± 0 (95%)"]
+
+
+def test_until_converged_stops_at_its_run_cap_when_the_metric_scatters(tmp_path: Path) -> None:
+    path = tmp_path / "scatter.yaml"
+    path.write_text(textwrap.dedent(FILE).replace('"echo {{ word }} {{ n }}"', '"echo value $(shuf -i 1-1000 -n 1)"'))
+    out = cli("run", "--json", "--until-converged", "--min-runs", "2", "--runs", "3",
+              "--metric", "app.stdout:value ([0-9]+)", str(path))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert [r["failure_level"] for r in summary["runs"]] == ["OK"] * 3
+    assert summary["convergence"][0].startswith("did not converge in 3 runs: metric ")
+
+
+def test_until_converged_refuses_a_bad_metric_before_any_run(experiment_file: Path) -> None:
+    for spec, why in (("app:x([0-9])", "LABEL.TRACE:REGEX"), ("app.stdout:[0-9]+", "needs exactly one"),
+                      ("app.stdout:([0-9]", "does not compile")):
+        out = cli("run", "--until-converged", "--metric", spec, str(experiment_file))
+        assert out.returncode == 2 and why in out.stderr, (spec, out.stderr)
+        assert "run " not in out.stdout
+    out = cli("run", "--metric", "app.stdout:v([0-9])", str(experiment_file))
+    assert out.returncode == 2 and "--metric is the metric of --until-converged" in out.stderr
+    out = cli("run", "--until-converged", "--metric", "nothere.stdout:v ([0-9])", str(experiment_file))
+    assert out.returncode == 2 and "no resource labelled 'nothere'" in out.stderr

@@ -20,9 +20,12 @@ import contextlib
 import importlib
 import itertools
 import json
+import math
 import os
+import re
 import runpy
 import signal
+import statistics
 import sys
 import traceback
 from pathlib import Path
@@ -100,7 +103,18 @@ def run(
     args: Annotated[list[str] | None, typer.Argument(help="Arguments of a script (after --).")] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="NAME=VALUE: a parameter the experiment file declares (repeatable).")] = None,
-    runs: Annotated[int, typer.Option(help="Runs of an experiment file, one after the other.", min=1)] = 1,
+    runs: Annotated[int, typer.Option(help="Runs of an experiment file, one after the other (with "
+                                      "--until-converged: at most this many).", min=1)] = 1,
+    until_converged: Annotated[bool, typer.Option(
+        "--until-converged", help="Run an experiment file again (a new run_id of one exp_id) until its metric "
+        "converges, by NEPI's ExperimentRunner rule: twice the standard error at most 5% of the mean. At least "
+        "--min-runs runs, at most --runs (default 20).")] = False,
+    min_runs: Annotated[int, typer.Option("--min-runs", help="With --until-converged: runs made before "
+                                          "convergence is asked about.", min=2)] = 3,
+    metric: Annotated[str | None, typer.Option(
+        help="With --until-converged: LABEL.TRACE:REGEX, the mean of the numbers REGEX's first group finds in "
+        "that resource's trace (e.g. 'ping.stdout:time=([0-9.]+)'); default: the run's duration, from the first "
+        "start to the last finish of the resources waited for.")] = None,
     sweep: Annotated[bool, typer.Option(help="One run per point of the file's sweep block (the cartesian product "
                                         "of its values), all of one exp_id; on an external Redis, a relaunch "
                                         "skips the points whose run ended OK already.")] = False,
@@ -134,9 +148,14 @@ def run(
         fail(f"{experiment}: a .py script or an experiment file ({', '.join(FILE_SUFFIXES)})")
     if is_file and args:
         fail("arguments after the experiment are for a script; an experiment file takes --param NAME=VALUE")
-    if not is_file and (param or runs != 1 or exp_id or sweep or wait):
-        fail("--param, --runs, --sweep, --wait and --exp-id are for experiment files; "
-             "a script takes its own arguments")
+    if not is_file and (param or runs != 1 or exp_id or sweep or wait or until_converged or metric):
+        fail("--param, --runs, --sweep, --wait, --exp-id, --until-converged and --metric are for experiment "
+             "files; a script takes its own arguments")
+    if metric is not None and not until_converged:
+        fail("--metric is the metric of --until-converged")
+    convergence = _Convergence(min_runs, runs if runs != 1 else 20, _parse_metric(metric)) if until_converged else None
+    if convergence is not None and convergence.max_runs < convergence.min_runs:
+        fail(f"--runs {runs} is below --min-runs {min_runs}")
     view = None if (quiet or json_ or detach) else _live_view(svg)
     seen: list[ExperimentController] = []
     outcome = _Outcome()
@@ -146,7 +165,7 @@ def run(
                 view.start()
             if is_file:
                 _run_file(experiment, param or [], runs, exp_id, detach, view, seen, outcome, sweep, redis_url,
-                          wait or [])
+                          wait or [], convergence)
             else:
                 _run_script(experiment, args or [], detach, view, seen, outcome, json_)
         except KeyboardInterrupt:
@@ -182,6 +201,62 @@ class _Outcome:
         self.error: str | None = None  # the script's or the file's error
         self.script_code = 0
         self.skipped = 0  # sweep points done already
+        self.converged: list[str] = []  # one line per point run --until-converged
+
+
+def _parse_metric(spec: str | None) -> tuple[str, str, re.Pattern[str]] | None:
+    """``LABEL.TRACE:REGEX`` -> (label, trace, compiled regex with one group); None: the run's duration."""
+    if spec is None:
+        return None
+    where, sep, pattern = spec.partition(":")
+    label, dot, trace = where.rpartition(".")
+    if not sep or not dot or not label or not trace or not pattern:
+        fail(f"--metric {spec!r}: LABEL.TRACE:REGEX, e.g. 'ping.stdout:time=([0-9.]+)'")
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        fail(f"--metric {spec!r}: the regex does not compile ({exc})")
+    if regex.groups != 1:
+        fail(f"--metric {spec!r}: the regex has {regex.groups} groups; it needs exactly one, the number")
+    return label, trace, regex
+
+
+class _Convergence:
+    """``--until-converged``: one sample per run, and NEPI's ExperimentRunner rule over them."""
+
+    def __init__(self, min_runs: int, max_runs: int, metric: tuple[str, str, re.Pattern[str]] | None) -> None:
+        self.min_runs, self.max_runs, self.metric = min_runs, max_runs, metric
+
+    def sample(self, ec: ExperimentController, labels: dict[str, int], waited: list[int]) -> float:
+        """The run's metric, read before it is released: a trace's numbers, or its duration."""
+        from nepi_dist.errors import RunnerError
+
+        if self.metric is None:
+            starts = [t for t in map(ec.get_start_time, waited) if t is not None]
+            ends = [t for t in map(ec.get_finish_time, waited) if t is not None]
+            if not starts or not ends:
+                raise RunnerError("--until-converged: no resource waited for started and finished")
+            return max(ends) - min(starts)
+        label, trace, regex = self.metric
+        if label not in labels:
+            raise RunnerError(f"--metric: no resource labelled {label!r} (it has: {', '.join(labels)})")
+        text = ec.trace(labels[label], trace) or ""
+        numbers = [float(m) for m in regex.findall(text if isinstance(text, str) else text.decode())]
+        if not numbers:
+            raise RunnerError(f"--metric: {regex.pattern!r} finds no number in {label}.{trace}")
+        return statistics.fmean(numbers)
+
+    def converged(self, samples: list[float]) -> bool:
+        from nepi_dist.experiment.runner import ExperimentRunner
+
+        return len(samples) >= self.min_runs and ExperimentRunner.evaluate_normal_convergence(
+            None, len(samples), samples)  # type: ignore[arg-type]
+
+    def verdict(self, samples: list[float]) -> str:
+        mean = statistics.fmean(samples)
+        half = 2 * statistics.pstdev(samples) / math.sqrt(len(samples))
+        word = "converged after" if self.converged(samples) else "did not converge in"
+        return f"{word} {len(samples)} runs: metric {mean:.6g} ± {half:.3g} (95%)"
 
 
 def _live_view(svg: Path | None) -> LiveView:
@@ -244,12 +319,14 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detach: bool, view: LiveView | None,
               seen: list[ExperimentController], outcome: _Outcome, sweep: bool = False,
-              redis_url: str | None = None, wait: list[str] | None = None) -> None:
+              redis_url: str | None = None, wait: list[str] | None = None,
+              convergence: _Convergence | None = None) -> None:
     """Run an experiment file through nepi_dist.experiment (issue 10): read, build, deploy, wait, release.
 
     With ``sweep``, one run per point of the file's sweep block, all of one exp_id (the file's stem
     unless given); a point whose parameter values (the run's ``params`` field, written by
     ``Experiment.build``) match a released run that ended OK is skipped, like Execo's ParamSweeper.
+    With ``convergence``, each point is run again until its metric converges (or its run cap).
     """
     try:
         experiment_api = importlib.import_module("nepi_dist.experiment")
@@ -285,7 +362,8 @@ def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detac
                 err_console.print(f"point {key} done already: skipped")
                 outcome.skipped += 1
                 continue
-            for _ in range(runs):
+            samples: list[float] = []
+            for _ in range(convergence.max_runs if convergence else runs):
                 ec = ExperimentController(exp_id=exp_id)
                 exp_id = ec.exp_id
                 try:
@@ -301,11 +379,17 @@ def _run_file(path: Path, pairs: list[str], runs: int, exp_id: str | None, detac
                         ec._stop_machinery()  # the run goes on, kept by the external workers
                         return
                     ec.wait_finished(guids)
+                    if convergence is not None:
+                        samples.append(convergence.sample(ec, labels, guids))
                 except NepiError as exc:
                     outcome.error = str(exc)
                     ec.shutdown()
                     return
                 ec.shutdown()
+                if convergence is not None and convergence.converged(samples):
+                    break
+            if convergence is not None:
+                outcome.converged.append(convergence.verdict(samples))
     finally:
         undo()
 
@@ -372,7 +456,8 @@ def _report(seen: list[ExperimentController], outcome: _Outcome, detach: bool, q
         if code == EXIT_OK and outcome.script_code:
             code = EXIT_BAD  # the runs were fine, the script itself failed
     if json_:
-        print(json.dumps({"exit_code": code, "error": outcome.error, "runs": summaries}))
+        print(json.dumps({"exit_code": code, "error": outcome.error, "runs": summaries,
+                          **({"convergence": outcome.converged} if outcome.converged else {})}))
         return code
     out = err_console if quiet else console
     if detach:
@@ -388,6 +473,8 @@ def _report(seen: list[ExperimentController], outcome: _Outcome, detach: bool, q
             out.print(f"run {s['exp_id']}/{s['run_id']}: failure level {s['failure_level']}", markup=False)
         for line in s["failed"]:
             out.print(f"  FAILED {line}", markup=False, soft_wrap=True)
+    for line in outcome.converged:
+        out.print(line, markup=False)
     if outcome.interrupted:
         err_console.print("interrupted: every run released")
     return code
