@@ -5,6 +5,7 @@ from nepi_dist.engine.scheduler import TaskStatus
 from nepi_dist.engine.store import FailureLevel
 from nepi_dist.errors import (
     ActionError,
+    ActionFailedError,
     ArgumentTypeError,
     ArgumentValueError,
     AttributeValueError,
@@ -50,6 +51,7 @@ from nepi_dist.model.trace import Trace, TraceAttr
 
 __all__ = [
     "ActionError",
+    "ActionFailedError",
     "ArgumentTypeError",
     "ArgumentValueError",
     "Attribute",
