@@ -176,3 +176,19 @@ def test_tls_settings_that_cannot_work_are_refused_before_connecting(
 def test_tls_options_on_a_plain_redis_url_are_refused(tls_redis: TLSRedis) -> None:
     with pytest.raises(RedisTLSError, match="rediss://"):
         ExperimentController(redis_url=tls_redis.url().replace("rediss://", "redis://"))
+
+
+def test_the_commands_refuse_a_server_whose_ca_they_lack_with_a_clear_message_and_exit_2(
+        tls_redis: TLSRedis) -> None:
+    url = tls_redis.url(ca=None)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NEPI_DIST_REDIS_URL", None)
+    for argv in (["workers", "--redis-url", url], ["worker", "--redis-url", url, "--concurrency", "1"],
+                 ["ls", "--redis-url", url]):
+        started = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "nepi_dist.cli", *argv], env=env, cwd=str(ROOT),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (argv, out.stderr)
+        assert "TLS handshake with Redis was refused" in out.stderr, (argv, out.stderr)
+        assert "Traceback" not in out.stderr, (argv, out.stderr)
+        assert time.monotonic() - started < 20, argv  # refused at once, not retried for the outage bound

@@ -53,12 +53,17 @@ def connect(url: str | None) -> redis.Redis:
     if not url:
         fail(f"no Redis to read: give --redis-url or set {REDIS_URL_ENV} "
              "(an embedded run prints its URL when it starts, and lives only while its process does)")
-    from nepi_dist.engine.connection import redis_client
+    from nepi_dist.engine.connection import permanent_failure, redis_client, typed_error
+    from nepi_dist.errors import NepiError
 
     client = redis_client(url, bound=COMMAND_BOUND)
     try:
         client.ping()
+    except NepiError as exc:  # a refused TLS handshake or login, typed by the client already
+        fail(f"cannot use Redis at {url}: {exc}")
     except redis.RedisError as exc:
+        if permanent_failure(exc):
+            fail(f"cannot use Redis at {url}: {typed_error(exc)}")
         fail(f"cannot reach Redis at {url}: {exc} (an embedded run's Redis ends with its process)")
     return client
 

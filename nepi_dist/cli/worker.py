@@ -14,8 +14,6 @@ from nepi_dist.engine.celery_app import REDIS_URL_ENV, default_threads, size_for
 from nepi_dist.engine.routing import POOL_QUEUE, WORKER_HOST_ENV, host_queue
 from nepi_dist.engine.tasks import QUEUES_ENV
 
-#: The Redis a worker uses when none is configured (kombu's and Celery's default).
-FALLBACK_URL = "redis://127.0.0.1:6379/0"
 #: A worker's Celery node name when none is given (``%h``: this machine's name).
 DEFAULT_NAME = "nepi@%h"
 
@@ -28,8 +26,8 @@ class Pool(StrEnum):
 
 def worker(
     redis_url: Annotated[str | None, typer.Option(
-        "--redis-url", help=f"Broker and store (default ${REDIS_URL_ENV}; with neither, {FALLBACK_URL}, "
-        "which no embedded controller uses: a warning says so).")] = None,
+        "--redis-url", help=f"Broker and store, the URL its controllers use (default ${REDIS_URL_ENV}; "
+        "one of the two is required).")] = None,
     concurrency: Annotated[int | None, typer.Option(
         help="Task threads (default $NEPI_NTHREADS, else 50); as many again run batch items.")] = None,
     pool: Annotated[Pool, typer.Option(help="Celery's execution pool.")] = Pool.threads,
@@ -66,10 +64,10 @@ def _worker(redis_url: str | None, concurrency: int | None, pool: str, queues: l
     if redis_url:
         os.environ[REDIS_URL_ENV] = redis_url
     elif not os.environ.get(REDIS_URL_ENV):
-        print(f"nepi-dist worker: warning: no --redis-url and no ${REDIS_URL_ENV}: serving {FALLBACK_URL}.\n"
-              f"  A controller with no ${REDIS_URL_ENV} starts its own embedded Redis on a random port and its\n"
-              f"  own in-process worker: it never sends work here.  Set {REDIS_URL_ENV} to the same URL for\n"
-              "  the controller and its workers.", file=sys.stderr)
+        print(f"nepi-dist worker: no Redis to serve: give --redis-url or set ${REDIS_URL_ENV} to the URL its\n"
+              f"  controllers use. A controller with no ${REDIS_URL_ENV} starts its own embedded Redis and its\n"
+              "  own in-process worker, and sends no work to any other.", file=sys.stderr)
+        return 2
     if rm_module:
         present = [m for m in os.environ.get("NEPI_DIST_RM_MODULES", "").split(",") if m]
         os.environ["NEPI_DIST_RM_MODULES"] = ",".join(present + rm_module)
@@ -114,8 +112,14 @@ def _evicting_redis(url: str) -> str | None:
     """
     import redis
 
-    from nepi_dist.engine.connection import check_no_eviction, durability_warning, redis_client
-    from nepi_dist.errors import RedisConfigError
+    from nepi_dist.engine.connection import (
+        check_no_eviction,
+        durability_warning,
+        permanent_failure,
+        redis_client,
+        typed_error,
+    )
+    from nepi_dist.errors import RedisAuthError, RedisConfigError, RedisTLSError
 
     client = redis_client(url, bound=2.0)
     try:
@@ -123,10 +127,10 @@ def _evicting_redis(url: str) -> str | None:
         warning = durability_warning(client)
         if warning:
             print(f"nepi-dist worker: warning: {warning}", file=sys.stderr)
-    except RedisConfigError as exc:
-        return str(exc)
-    except redis.RedisError:
-        return None
+    except (RedisConfigError, RedisTLSError, RedisAuthError) as exc:
+        return str(exc)  # retrying cannot cure these
+    except redis.RedisError as exc:
+        return str(typed_error(exc)) if permanent_failure(exc) else None
     finally:
         client.close()
     return None
@@ -139,16 +143,20 @@ def workers(
     """List the live workers (from their heartbeats in Redis): Celery name, host, queues."""
     import redis
 
+    from nepi_dist.cli.common import connect
+    from nepi_dist.engine.connection import typed_error
     from nepi_dist.engine.keys import worker_pattern
+    from nepi_dist.errors import NepiError
 
-    url = redis_url or os.environ.get(REDIS_URL_ENV)
-    if not url:
-        print(f"nepi-dist workers: give --redis-url or set {REDIS_URL_ENV}", file=sys.stderr)
-        raise typer.Exit(2)
-    client = redis.Redis.from_url(url, decode_responses=True)
-    keys = sorted(client.scan_iter(match=worker_pattern()))
-    rows = [(k.split(":", 2)[2], json.loads(v)) for k, v in zip(keys, client.mget(keys) if keys else [], strict=True)
-            if v is not None]
+    client = connect(redis_url or os.environ.get(REDIS_URL_ENV))
+    try:
+        keys = sorted(client.scan_iter(match=worker_pattern()))
+        values = client.mget(keys) if keys else []
+    except (redis.RedisError, NepiError) as exc:
+        error = typed_error(exc) if isinstance(exc, redis.RedisError) else exc
+        print(f"nepi-dist workers: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    rows = [(k.split(":", 2)[2], json.loads(v)) for k, v in zip(keys, values, strict=True) if v is not None]
     rows = [(w, info) for w, info in rows if not info.get("dead")]
     if json_:
         print(json.dumps([dict(info, id=w) for w, info in rows]))
