@@ -552,9 +552,23 @@ class ExperimentController(RunContext):
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        self._close_app()
         if self._redis is not None:
             self._redis.stop()
             self._redis = None
+
+    def _close_app(self) -> None:
+        """Let go of the Celery app's broker connections (a process running many runs keeps no socket of a past one)."""
+        app = getattr(self, "_app", None)
+        if app is None:
+            return
+        try:
+            if self._redis is not None:  # an embedded broker: its pools would outlive it in kombu's
+                app.close_broker_pools()
+            else:
+                app.close()
+        except Exception as exc:  # the teardown boundary: the run is over whatever the broker says
+            self._logger.warning("closing the broker connections: %s", exc)
 
     def __enter__(self) -> ExperimentController:
         return self

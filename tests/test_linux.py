@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import resource
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -203,6 +204,7 @@ def test_fifty_pings_on_one_node_all_finish(ec: ExperimentController, node: int)
     assert all(ec.state(p) == ResourceState.FINISHED for p in pings)
 
 
+@pytest.mark.serial
 def test_an_application_is_finished_within_a_second_of_its_exit(ec: ExperimentController, node: int) -> None:
     # The process records when it exits (this machine's clock, which the Redis clock is on too).
     a = app(ec, node, "sleep 0.5; date +%s.%N > exited")
@@ -211,6 +213,25 @@ def test_an_application_is_finished_within_a_second_of_its_exit(ec: ExperimentCo
     exited = float(ec.trace(a, "exited"))
     lag = ec.get_resource(a).finish_time - exited
     assert 0 <= lag < 1.0, f"finished {lag:.3f}s after the process exited"
+
+
+def test_an_applications_end_is_seen_when_the_worker_holds_more_than_1024_open_files(
+        ec: ExperimentController, node: int) -> None:
+    # A worker reaching many hosts holds many sockets: its pidfds are numbered past select()'s 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) >= 1024
+        a = app(ec, node, "sleep 0.2")
+        ec.deploy()
+        ec.wait_finished(a, timeout=30)
+        assert ec.state(a) == ResourceState.FINISHED
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_traceroute_reaches_the_loopback_target(ec: ExperimentController) -> None:

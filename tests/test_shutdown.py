@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -103,6 +106,37 @@ def test_the_embedded_redis_server_is_gone_after_shutdown(ec: ExperimentControll
     ec.shutdown()
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+def open_files() -> dict[int, str]:
+    """This process's open file descriptors and what each is (``socket:[…]``, ``anon_inode:[eventpoll]``, …)."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            found[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+    return found
+
+
+def test_controllers_run_one_after_another_in_one_process_leave_no_socket_or_event_poll_behind() -> None:
+    # An ExperimentRunner, a notebook or a test session runs many controllers in one process.
+    def one_run() -> None:
+        with ExperimentController(nthreads=8) as ec:
+            node = ec.register_resource("LinuxNode")
+            a = ec.register_resource("LinuxApplication")
+            ec.set(a, "command", "true")
+            ec.register_connection(a, node)
+            ec.deploy()
+            ec.wait_finished(a, timeout=30)
+
+    one_run()  # first use: imports, kombu's and Celery's once-per-process setup
+    gc.collect()  # what only garbage holds is not left behind
+    before = open_files()
+    for _ in range(3):
+        one_run()
+    gc.collect()
+    left = {fd: what for fd, what in open_files().items()
+            if fd not in before and what.startswith(("socket:", "anon_inode:"))}
+    assert left == {}, f"open after three more runs: {left}"
 
 
 def test_the_controller_works_as_a_context_manager() -> None:

@@ -211,6 +211,25 @@ class NepiCelery(Celery):
             self.conf.broker_pool_limit = max(int(self.conf.broker_pool_limit), int(pools.get_limit() or 0))
         return super().pool
 
+    def close_broker_pools(self) -> None:
+        """Close and forget this app's broker pools, which kombu keeps per broker for the whole process.
+
+        Only for a broker no other app of the process uses (an embedded Redis
+        about to stop): apps on one broker share these pools.
+        """
+        from kombu import pools
+        from kombu.utils.collections import eqhash
+
+        conn = self.connection_for_write()
+        try:
+            for group in (pools.producers, pools.connections):  # producers hold connections: first
+                pool = dict.pop(group, eqhash(conn), None)  # keyed by eqhash (kombu's EqualityDict)
+                if pool is not None:
+                    pool.force_close_all()
+        finally:
+            conn.release()
+        self.close()
+
 
 def settings(redis_url: str, **overrides: Any) -> dict[str, Any]:
     """Return the Celery settings for a broker at ``redis_url``."""

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import os
-import select
+import selectors
 import shlex
 import socket
 import threading
@@ -78,6 +78,9 @@ class Watcher:
         self._local: dict[int, Watched] = {}  # pidfd -> entry
         self._remote: dict[str, Watched] = {}  # field -> entry
         self._wake_r, self._wake_w = os.pipe()
+        # epoll, not select(): a worker with many connections has fds past select()'s 1024.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nepi-watch-report")
         self._stopped = threading.Event()
         self._runtime.on_stop(self.stop)
@@ -109,8 +112,12 @@ class Watcher:
                 self._report(entry)
                 return
             with self._lock:
+                if self._stopped.is_set():  # the worker is stopping: its successor adopts the record
+                    os.close(fd)
+                    return
                 self._local[fd] = entry
-            os.write(self._wake_w, b"x")
+                self._selector.register(fd, selectors.EVENT_READ)
+            self._wake()
         else:
             with self._lock:
                 self._remote[entry.field] = entry
@@ -148,8 +155,10 @@ class Watcher:
     def stop(self) -> None:
         """Stop watching (the worker is stopping); running applications are left alone."""
         self._stopped.set()
-        os.write(self._wake_w, b"x")
+        self._wake()
         self._thread.join(5)
+        if not self._thread.is_alive():
+            os.close(self._wake_w)
         self._pool.shutdown(wait=True)
         with _WATCHERS_LOCK:
             if _WATCHERS.get(id(self._app)) is self:
@@ -158,30 +167,41 @@ class Watcher:
     def _loop(self) -> None:
         next_remote = next_adopt = time.monotonic()
         while not self._stopped.is_set():
-            with self._lock:
-                fds = list(self._local)
-            ready, _, _ = select.select([self._wake_r, *fds], [], [], SSH_CHECK_EVERY)
-            if self._stopped.is_set():
-                break
-            for fd in ready:
-                if fd == self._wake_r:
-                    os.read(self._wake_r, 4096)
-                    continue
-                with self._lock:
-                    entry = self._local.pop(fd)
-                os.close(fd)
-                self._report(entry)
-            now = time.monotonic()
-            if now >= next_remote:
-                next_remote = now + SSH_CHECK_EVERY
-                self._check_remote()
-            if now >= next_adopt:
-                next_adopt = now + ADOPT_EVERY
-                self._adopt()
+            try:
+                self._turn()
+                now = time.monotonic()
+                if now >= next_remote:
+                    next_remote = now + SSH_CHECK_EVERY
+                    self._check_remote()
+                if now >= next_adopt:
+                    next_adopt = now + ADOPT_EVERY
+                    self._adopt()
+            except Exception:  # the loop boundary: a watcher that dies would miss every exit after
+                log.exception("the watcher's turn failed; watching on")
+                self._stopped.wait(SSH_CHECK_EVERY)
         with self._lock:
             for fd in self._local:
                 os.close(fd)
             self._local.clear()
+            self._selector.close()
+        os.close(self._wake_r)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # the loop ended and closed its end
+            os.write(self._wake_w, b"x")
+
+    def _turn(self) -> None:
+        """Wait up to one remote-check period for local exits, and report them."""
+        for key, _ in self._selector.select(SSH_CHECK_EVERY):
+            fd = key.fd
+            if fd == self._wake_r:
+                os.read(self._wake_r, 4096)
+                continue
+            with self._lock:
+                entry = self._local.pop(fd)
+                self._selector.unregister(fd)
+            os.close(fd)
+            self._report(entry)
 
     def _check_remote(self) -> None:
         with self._lock:
