@@ -650,13 +650,14 @@ class ResourceManager:
         if allowed:
             if state is None:
                 state = self.state  # raises when the RM is unknown
-            if state not in allowed:
-                if lowest is not None and state < lowest:
-                    if self._ec._park_or_delay(payload, [self._guid], lowest, 0.0):
-                        return False
-                else:
-                    self.debug(f"{method} dropped: state is {state.name}")
+            if state not in allowed and lowest is not None and state < lowest:
+                if self._ec._park_or_delay(payload, [self._guid], lowest, 0.0):
                     return False
+                # It reached ``lowest`` since it was read (a deploy on another thread): read it again.
+                state = self.state
+            if state not in allowed:
+                self.debug(f"{method} dropped: state is {state.name}")
+                return False
         for i, (group, st, after) in enumerate(conditions):
             judged = checks[i] if i < len(checks) else None
             if self._ec._park_or_delay(payload, group, st, delay_seconds(after), judged):
