@@ -17,8 +17,12 @@ run: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[plot]'
 	$(BIN)/python -m nepi_dist.cli run --plot results/ping-collect-timeline.png examples/ping_collect.py
 
+# The tests not marked serial in parallel processes, then the serial ones alone (pyproject.toml's markers).
+TEST_PROCESSES ?= 3
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) -m 'not serial'; parallel=$$?; \
+	$(BIN)/python -m pytest -q -m serial; serial=$$?; \
+	test $$parallel -eq 0 -a $$serial -eq 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check nepi_dist tests examples bench

@@ -23,6 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 W = TypeVar("W")
 
+#: Test files that run alone (``make test`` runs the serial tests after the parallel ones):
+#: the chaos suite kills and pauses processes and counts late actions.
+SERIAL_DIRS = (ROOT / "tests" / "chaos",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark serial the chaos suite and the ``slow`` scenarios (hundreds of resources: they take the CPU)."""
+    for item in items:
+        if any(item.path.is_relative_to(d) for d in SERIAL_DIRS) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.serial)
+
 
 @contextlib.contextmanager
 def connected(signal: Any, watcher: W) -> Iterator[W]:

@@ -263,6 +263,7 @@ def test_a_condition_on_a_failed_critical_rm_aborts_the_run_and_the_waiting_rm_n
     assert ec.get_resource(b).start_time is None
 
 
+@pytest.mark.serial
 def test_a_met_condition_wakes_the_waiting_rm_at_once_without_polling(ec: ExperimentController) -> None:
     # a starts 0.35 s after the group starts; b, waiting on a from the group start,
     # must start right after a, not at the next tick of a 1 s poll.

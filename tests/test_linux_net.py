@@ -214,6 +214,7 @@ def test_mtr_and_nping_commands_follow_nepi_attributes_and_defaults() -> None:
         "printTimestamp", "target"}
 
 
+@pytest.mark.serial
 def test_the_forwarders_bandwidth_limit_paces_frames_to_bwlimit_bytes_per_second() -> None:
     from nepi_dist.resources.linux.udp_forward import Pacer
 

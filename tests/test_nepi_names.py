@@ -510,6 +510,7 @@ def log_size() -> int:
     return os.path.getsize("/var/log/dpkg.log")
 
 
+@pytest.mark.serial
 def test_depends_on_installed_packages_runs_no_package_manager_and_takes_no_lock(ec: ExperimentController) -> None:
     holder = open(PACKAGE_LOCK, "a+")  # noqa: SIM115  (held for the whole test)
     try:
@@ -523,6 +524,7 @@ def test_depends_on_installed_packages_runs_no_package_manager_and_takes_no_lock
     assert ec.trace(a, "deploy_stdout").strip() == "nepi_dist: already installed: coreutils bash"
 
 
+@pytest.mark.serial
 def test_three_applications_depending_on_one_missing_package_install_it_once_taking_turns(
     ec: ExperimentController, missing_dummy: dict[str, str]
 ) -> None:
@@ -556,6 +558,7 @@ def test_three_applications_depending_on_one_missing_package_install_it_once_tak
             assert out.startswith("nepi_dist: already installed"), out
 
 
+@pytest.mark.serial
 def test_an_install_waits_for_the_host_lock_another_holds_instead_of_failing(
     ec: ExperimentController, missing_dummy: dict[str, str]
 ) -> None:
@@ -581,6 +584,7 @@ def test_an_install_waits_for_the_host_lock_another_holds_instead_of_failing(
     assert installed(DUMMY)
 
 
+@pytest.mark.serial
 def test_an_install_waits_for_the_dpkg_frontend_lock_another_program_holds(
     ec: ExperimentController, missing_dummy: dict[str, str]
 ) -> None:
@@ -658,6 +662,7 @@ def test_clean_processes_after_kills_at_release_what_still_runs_from_the_experim
         subprocess.run(["pkill", "-f", pattern], capture_output=True)
 
 
+@pytest.mark.serial
 def test_two_worker_processes_installing_one_missing_package_on_one_host_take_turns(
     missing_dummy: dict[str, str], redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

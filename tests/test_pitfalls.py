@@ -239,6 +239,7 @@ def test_plain_celery_lets_go_of_revoked_eta_tasks_due_together_only_ten_per_sec
     assert revoked_burst_drain(redis_server.url, "plain") > 3.0
 
 
+@pytest.mark.serial
 def test_a_nepi_worker_lets_go_of_revoked_eta_tasks_due_together_at_once(redis_server: EmbeddedRedis) -> None:
     assert revoked_burst_drain(redis_server.url, "nepi") < 0.5
 

@@ -65,6 +65,7 @@ def kill_first_controller(url: str, run_id: str) -> dict[int, float]:
     return due
 
 
+@pytest.mark.serial
 def test_the_timers_of_a_run_whose_controller_was_killed_fire_on_time_with_no_controller_attached(
     redis_server: EmbeddedRedis, worker: subprocess.Popen[bytes]
 ) -> None:
