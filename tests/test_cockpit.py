@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,24 @@ def start_in_own_group(args: list[str], tmp_path: Path) -> subprocess.Popen[str]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=str(tmp_path), start_new_session=True)
+
+
+@contextlib.contextmanager
+def in_own_group(args: list[str], tmp_path: Path, left: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Run ``args`` in a process group of its own for the ``with`` block.
+
+    A test that fails before the process ends must not leave it behind: on the way out, a process
+    still running has its group SIGKILLed, and the processes marked ``left`` (its applications,
+    detached as on a worker host) are killed too.
+    """
+    proc = start_in_own_group(args, tmp_path)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            if left is not None:
+                kill_left(left)
 
 
 def read_until(proc: subprocess.Popen[str], word: str, timeout: float = 60) -> list[str]:
@@ -278,8 +297,7 @@ def test_ctrl_c_on_nepi_dist_run_releases_everything_and_leaves_nothing_behind(t
     seconds = unique_seconds()
     marker = f"sleep {seconds}"
     path = script(tmp_path, "long.py", LONG_SCRIPT.format(seconds=seconds, ending="ec.wait_finished(apps)"))
-    proc = start_in_own_group([PY, "-m", "nepi_dist.cli", "run", str(path)], tmp_path)
-    try:
+    with in_own_group([PY, "-m", "nepi_dist.cli", "run", str(path)], tmp_path, left=marker) as proc:
         lines = read_until(proc, "STARTED")
         port = redis_port(lines)
         deadline = time.monotonic() + 10  # STARTED: launched; the command's own process comes a moment later
@@ -291,10 +309,6 @@ def test_ctrl_c_on_nepi_dist_run_releases_everything_and_leaves_nothing_behind(t
         assert seen.returncode == 0 and json.loads(seen.stdout)["live"] is True
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kill_left(marker)
     assert proc.returncode == 130, err
     assert "interrupted: releasing every open run" in err and "Traceback" not in err
     assert gone(marker) == [], "an application was left running"
@@ -304,15 +318,10 @@ def test_ctrl_c_on_nepi_dist_run_releases_everything_and_leaves_nothing_behind(t
 def test_sigterm_on_nepi_dist_run_releases_everything_and_exits_143(tmp_path: Path) -> None:
     seconds = unique_seconds()
     path = script(tmp_path, "long.py", LONG_SCRIPT.format(seconds=seconds, ending="ec.wait_finished(apps)"))
-    proc = start_in_own_group([PY, "-m", "nepi_dist.cli", "run", str(path)], tmp_path)
-    try:
+    with in_own_group([PY, "-m", "nepi_dist.cli", "run", str(path)], tmp_path, left=f"sleep {seconds}") as proc:
         port = redis_port(read_until(proc, "STARTED"))
         proc.terminate()
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kill_left(f"sleep {seconds}")
     assert proc.returncode == 143, err
     assert "interrupted: releasing every open run" in err
     assert gone(f"sleep {seconds}") == [] and gone(f"127.0.0.1:{port}") == []
@@ -338,8 +347,7 @@ def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_release(tmp_path:
         print("STARTED", flush=True)
         ec.wait_finished([g])
     """)
-    proc = start_in_own_group([PY, "-m", "nepi_dist.cli", "run", str(path)], tmp_path)
-    try:
+    with in_own_group([PY, "-m", "nepi_dist.cli", "run", str(path)], tmp_path) as proc:
         port = redis_port(read_until(proc, "STARTED"))
         os.killpg(proc.pid, signal.SIGINT)
         time.sleep(2)  # the release now waits on do_release
@@ -348,9 +356,6 @@ def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_release(tmp_path:
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         took = time.monotonic() - began
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and took < 10, err
     assert "interrupted again: stopping 1 controller(s) without waiting" in err
     assert gone(f"127.0.0.1:{port}") == []
@@ -361,18 +366,13 @@ def test_a_plain_script_ending_without_shutdown_releases_its_embedded_run(tmp_pa
     seconds = unique_seconds()
     ending = {"sys.exit": "sys.exit(3)", "exception": "raise RuntimeError('boom')"}.get(how, "ec.wait_finished(apps)")
     path = script(tmp_path, "plain.py", LONG_SCRIPT.format(seconds=seconds, ending=ending))
-    proc = start_in_own_group([PY, str(path)], tmp_path)
-    try:
+    with in_own_group([PY, str(path)], tmp_path, left=f"sleep {seconds}") as proc:
         port = redis_port(read_until(proc, "STARTED"))
         if how == "sigint":
             os.killpg(proc.pid, signal.SIGINT)
         elif how == "sigterm":
             proc.terminate()
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kill_left(f"sleep {seconds}")
     assert "was not shut down: releasing it before the process exits" in err, err
     assert gone(f"sleep {seconds}") == [], "an application was left running"
     assert gone(f"127.0.0.1:{port}") == [], "the embedded redis-server was left running"

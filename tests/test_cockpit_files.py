@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,13 +105,20 @@ def test_a_relaunched_sweep_skips_the_points_already_done(redis_server: Embedded
         stop_process(worker)
 
 
-def test_until_converged_stops_once_a_steady_metric_converges(tmp_path: Path) -> None:
-    path = tmp_path / "steady.yaml"
-    path.write_text(textwrap.dedent(FILE).replace('"echo {{ word }} {{ n }}"', '"echo value 10"'))
-    out = cli("run", "--json", "--until-converged", "--min-runs", "3", "--runs", "6",
-              "--metric", "app.stdout:value ([0-9.]+)", str(path))
+def run_until_converged(tmp_path: Path, command: str, min_runs: int, runs: int, metric: str) -> dict[str, Any]:
+    """Run FILE with its app's command replaced by ``command``, ``--until-converged`` between
+    ``min_runs`` and ``runs`` on the metric ``metric``; return the ``--json`` summary (exit 0 checked)."""
+    path = tmp_path / "converge.yaml"
+    path.write_text(textwrap.dedent(FILE).replace('"echo {{ word }} {{ n }}"', json.dumps(command)))
+    out = cli("run", "--json", "--until-converged", "--min-runs", str(min_runs), "--runs", str(runs),
+              "--metric", metric, str(path))
     assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout)
+    summary: dict[str, Any] = json.loads(out.stdout)
+    return summary
+
+
+def test_until_converged_stops_once_a_steady_metric_converges(tmp_path: Path) -> None:
+    summary = run_until_converged(tmp_path, "echo value 10", min_runs=3, runs=6, metric="app.stdout:value ([0-9.]+)")
     assert len(summary["runs"]) == 3
     assert len({r["run_id"] for r in summary["runs"]}) == 3 and {r["exp_id"] for r in summary["runs"]} == {
         "cockpit-file"}
@@ -118,12 +126,8 @@ def test_until_converged_stops_once_a_steady_metric_converges(tmp_path: Path) ->
 
 
 def test_until_converged_stops_at_its_run_cap_when_the_metric_scatters(tmp_path: Path) -> None:
-    path = tmp_path / "scatter.yaml"
-    path.write_text(textwrap.dedent(FILE).replace('"echo {{ word }} {{ n }}"', '"echo value $(shuf -i 1-1000 -n 1)"'))
-    out = cli("run", "--json", "--until-converged", "--min-runs", "2", "--runs", "3",
-              "--metric", "app.stdout:value ([0-9]+)", str(path))
-    assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout)
+    summary = run_until_converged(tmp_path, "echo value $(shuf -i 1-1000 -n 1)", min_runs=2, runs=3,
+                                  metric="app.stdout:value ([0-9]+)")
     assert [r["failure_level"] for r in summary["runs"]] == ["OK"] * 3
     assert summary["convergence"][0].startswith("did not converge in 3 runs: metric ")
 

@@ -208,6 +208,15 @@ class LinuxApplication(ResourceManager):
             self._write("deploy_exitcode", f"{code}\n")
         super().do_provision()
 
+    def _add_depends(self, package: str) -> None:
+        """Add ``package`` to ``depends`` (once, the names sorted), so that provision installs it.
+
+        For the types whose binary comes from a package (the tools, the probes):
+        they call it when the host lacks the binary, before this provision runs.
+        """
+        depends = {*(self.get("depends") or "").split(), package}
+        self.set("depends", " ".join(sorted(depends)))
+
     def _write(self, name: str, text: str) -> None:
         self.node.upload(text.encode(), f"{self.run_home}/{name}")
 

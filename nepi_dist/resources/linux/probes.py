@@ -79,9 +79,7 @@ class LinuxProbe(LinuxApplication):
         probe = f'PATH="$PATH:/usr/sbin:/sbin" command -v {shlex.quote(self._binary)} >/dev/null'
         if node.execute(probe).exitcode != 0:
             debian = node.os in ("debian", "ubuntu", "raspbian", "linuxmint")
-            package = self._deb_package if debian else self._rpm_package
-            depends = {*(self.get("depends") or "").split(), package}
-            self.set("depends", " ".join(sorted(depends)))
+            self._add_depends(self._deb_package if debian else self._rpm_package)
         super().do_provision()
 
 

@@ -23,6 +23,7 @@ process and deletes the device: nothing that deploy created is left.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from nepi_dist.model.attribute import Attribute, Flags, Types
@@ -129,16 +130,27 @@ class LinuxTap(LiveLink, LinuxApplication):
 
     def create_device(self) -> None:
         """Create and configure the TAP/TUN device (once: a second call finds it made)."""
+        self.make_device(lambda sudo, name: create_commands(
+            sudo, name, self._mode, pi=bool(self.get("pi")), mac=self.get("mac"),
+            mtu=self.get("mtu"), txqueuelen=self.get("txqueuelen"), ip4=self.get("ip4"),
+            prefix4=self.get("prefix4"), pointopoint=self.get("pointopoint"), up=bool(self.get("up")),
+        ))
+
+    def make_device(self, commands: Callable[[str, str], list[str]]) -> None:
+        """Run ``commands(sudo, name)``, the commands making this end's device ``name``, once.
+
+        The device is recorded as created before they run, so that release
+        deletes it even when a deploy is cut short after them; a second call
+        (a discover or provision run again) finds it recorded and does nothing.
+        Used by :meth:`create_device` and by a tunnel that makes the device
+        itself (:class:`~nepi_dist.resources.linux.tunnel.LinuxGRETunnel`).
+        """
         node = self.node
         name = self.device
         if self._got("created") == name:
             return
         self._put(created=name)  # before: a deploy cut short after the command still deletes it
-        netdev.run_all(node, create_commands(
-            netdev.root(node), name, self._mode, pi=bool(self.get("pi")), mac=self.get("mac"),
-            mtu=self.get("mtu"), txqueuelen=self.get("txqueuelen"), ip4=self.get("ip4"),
-            prefix4=self.get("prefix4"), pointopoint=self.get("pointopoint"), up=bool(self.get("up")),
-        ))
+        netdev.run_all(node, commands(netdev.root(node), name))
 
     def do_provision(self) -> None:
         tunnel = self.tunnel

@@ -130,8 +130,7 @@ class LinuxTool(LinuxApplication):
         if not self.get("command"):
             self.set("command", self.build_command())
         if self._package and self.node.missing_commands([self._binary]):
-            depends = {*(self.get("depends") or "").split(), self._package}
-            self.set("depends", " ".join(sorted(depends)))
+            self._add_depends(self._package)
         super().do_provision()
 
 

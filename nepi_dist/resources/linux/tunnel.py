@@ -232,13 +232,8 @@ class LinuxGRETunnel(LinuxTunnel):
 
     def connect_end(self, end: LinuxTap) -> None:
         mine, theirs = dict(end._got("tunnel_end") or {}), self._theirs(end)
-        node = end.node
-        name = end.device
-        if end._got("created") == name:
-            return
-        end._put(created=name)  # before: a deploy cut short after the command still deletes it
-        netdev.run_all(node, gre_commands(
-            netdev.root(node), name, local=mine["addr"], remote=end.get("greRemote") or theirs["addr"],
+        end.make_device(lambda sudo, name: gre_commands(
+            sudo, name, local=mine["addr"], remote=end.get("greRemote") or theirs["addr"],
             key=end.get("greKey"), ip4=end.get("ip4"), prefix4=end.get("prefix4"),
             peer=end.get("pointopoint") or theirs.get("ip4"), mtu=end.get("mtu"), up=bool(end.get("up")),
         ))
