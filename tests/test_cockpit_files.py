@@ -4,6 +4,7 @@ command, as a subprocess against real runs: parameters, runs, a resumed sweep, b
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import subprocess
 import sys
@@ -126,8 +127,10 @@ def test_until_converged_stops_once_a_steady_metric_converges(tmp_path: Path) ->
 
 
 def test_until_converged_stops_at_its_run_cap_when_the_metric_scatters(tmp_path: Path) -> None:
-    summary = run_until_converged(tmp_path, "echo value $(shuf -i 1-1000 -n 1)", min_runs=2, runs=3,
-                                  metric="app.stdout:value ([0-9]+)")
+    # Run k prints 100·k³ (100, 800, 2700): no two runs agree, whatever the draw (a random one converged 1 in 30).
+    count = shlex.quote(str(tmp_path / "count"))
+    scatter = f"n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}; echo value $((100*n*n*n))"
+    summary = run_until_converged(tmp_path, scatter, min_runs=2, runs=3, metric="app.stdout:value ([0-9]+)")
     assert [r["failure_level"] for r in summary["runs"]] == ["OK"] * 3
     assert summary["convergence"][0].startswith("did not converge in 3 runs: metric ")
 
