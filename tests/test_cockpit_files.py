@@ -4,8 +4,8 @@ command, as a subprocess against real runs: parameters, runs, a resumed sweep, b
 from __future__ import annotations
 
 import json
-import shlex
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
