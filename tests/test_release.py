@@ -13,10 +13,11 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from nepi_dist import ExperimentController, FailureLevel, ResourceState
+from nepi_dist import ExperimentController, FailureLevel, ResourceState, TraceAttr
 from nepi_dist.engine.context import RunContext
 from nepi_dist.engine.embedded import EmbeddedRedis, free_port
 from nepi_dist.model.resource import ResourceFactory
@@ -245,6 +246,11 @@ def test_an_application_restarted_after_a_stop_is_still_seen_failing_by_itself(e
     a = add_app(ec, node, "if [ -e ran-once ]; then exit 3; fi; touch ran-once; sleep 30", critical=False)
     ec.deploy()
     ec.wait_started(a, timeout=60)
+    ran_once = Path(ec.trace(a, "ran-once", TraceAttr.PATH))
+    deadline = time.monotonic() + 30
+    while not ran_once.exists():  # STARTED is the launch: under load the shell is not at `touch` yet
+        assert time.monotonic() < deadline, "the first run never reached its touch"
+        time.sleep(0.05)
     ec.stop(a)
     ec.wait_finished(a, timeout=30)
     assert ec.state(a) == ResourceState.STOPPED
