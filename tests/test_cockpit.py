@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -456,6 +457,65 @@ def test_logs_prints_the_event_stream_and_follow_ends_when_the_run_is_released(
     ec.shutdown()
     out, _ = follow.communicate(timeout=30)
     assert follow.returncode == 0 and out.strip().splitlines()[-1].endswith("RELEASED")
+
+
+@contextlib.contextmanager
+def gated_app(tmp_path: Path, exp_id: str) -> Iterator[tuple[ExperimentController, int, Path]]:
+    """An embedded run whose application prints a line, waits for the file it yields, prints another."""
+    gate = tmp_path / "gate"
+    ec = ExperimentController(exp_id=exp_id, redis_url=None)
+    try:
+        node = ec.register_resource("linux::Node")
+        app = ec.register_resource("linux::Application")
+        wait = f"until [ -e {shlex.quote(str(gate))} ]; do sleep 0.1; done"
+        ec.set(app, "command", f"echo first-tail-line; {wait}; echo second-tail-line")
+        ec.enable_trace(app, "stdout")
+        ec.register_connection(app, node)
+        ec.deploy()
+        ec.wait_started([app], timeout=60)
+        yield ec, app, gate
+    finally:
+        gate.touch()
+        ec.shutdown()
+
+
+def follow_trace(ec: ExperimentController, app: int, tmp_path: Path) -> subprocess.Popen[str]:
+    """``nepi-dist logs EXP RUN APP stdout -f`` in a process group of its own."""
+    return start_in_own_group([PY, "-m", "nepi_dist.cli", "logs", ec.exp_id, ec.run_id, str(app), "stdout", "-f",
+                               "--redis-url", ec.redis_url], tmp_path)
+
+
+def test_logs_follow_of_a_trace_prints_each_new_line_once_in_order_and_exits_0_once_the_app_ends(
+        tmp_path: Path) -> None:
+    with gated_app(tmp_path, "cockpit-tail") as (ec, app, gate):
+        follow = follow_trace(ec, app, tmp_path)
+        try:
+            assert follow.stdout is not None
+            first = follow.stdout.readline()
+            assert first == "first-tail-line\n"
+            time.sleep(1.5)  # a read or more of the trace, unchanged: nothing printed twice
+            assert follow.poll() is None  # following, not done
+            gate.touch()
+            rest, err = follow.communicate(timeout=30)
+        finally:
+            if follow.poll() is None:
+                os.killpg(follow.pid, signal.SIGKILL)
+        assert follow.returncode == 0, err
+        assert first + rest == "first-tail-line\nsecond-tail-line\n"
+        assert ec.state(app) == ResourceState.FINISHED  # it ended with its RM, the run still live
+
+
+def test_ctrl_c_on_logs_follow_of_a_trace_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    with gated_app(tmp_path, "cockpit-tail-c") as (ec, app, _):
+        follow = follow_trace(ec, app, tmp_path)
+        try:
+            assert follow.stdout is not None and follow.stdout.readline() == "first-tail-line\n"
+            os.killpg(follow.pid, signal.SIGINT)
+            _, err = follow.communicate(timeout=30)
+        finally:
+            if follow.poll() is None:
+                os.killpg(follow.pid, signal.SIGKILL)
+        assert follow.returncode == 130 and err == "", err
 
 
 def test_watch_follows_a_run_and_exits_with_its_code_once_released(

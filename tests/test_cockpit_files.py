@@ -6,17 +6,21 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nepi_dist import ExperimentController, ResourceState
 from nepi_dist.engine.embedded import EmbeddedRedis
 
 from .conftest import ROOT, start_worker_process, stop_process, wait_for_workers
+from .test_cockpit import gone, in_own_group, processes_with, unique_seconds
 
 FILE = """
 version: 1
@@ -78,6 +82,68 @@ def test_a_failing_file_run_exits_1(tmp_path: Path) -> None:
     out = cli("run", str(path))
     assert out.returncode == 1, out.stderr
     assert "FAILED linux::Application guid 2 on localhost running 'exit 5': command exited 5" in out.stdout
+
+
+LONG_FILE = """
+version: 1
+exp_id: cockpit-file-long
+resources:
+  node: {{type: LinuxNode}}
+  app1: {{type: LinuxApplication, attributes: {{command: {command}}}}}
+  app2: {{type: LinuxApplication, attributes: {{command: {command}}}}}
+connections:
+  - [app1, node]
+  - [app2, node]
+"""
+
+
+def long_file(tmp_path: Path, command: str) -> Path:
+    """An experiment file of two applications running ``command`` on localhost."""
+    path = tmp_path / "long.yaml"
+    path.write_text(LONG_FILE.format(command=json.dumps(command)))
+    return path
+
+
+def test_ctrl_c_on_a_file_run_releases_everything_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    seconds = unique_seconds()
+    marker = f"sleep {seconds}"
+    path = long_file(tmp_path, marker)
+    with in_own_group([sys.executable, "-m", "nepi_dist.cli", "run", str(path)], tmp_path, left=marker) as proc:
+        deadline = time.monotonic() + 60
+        while len([p for p in processes_with(marker) if p[2] == marker]) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        assert len([p for p in processes_with(marker) if p[2] == marker]) == 2
+        servers = [p for p in processes_with("redis-server") if p[1] == proc.pid]
+        assert len(servers) == 1, servers  # the run's embedded Redis, a child of the command
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: releasing every open run" in err and "Traceback" not in err
+    assert gone(marker) == [], "an application was left running"
+    assert gone(servers[0][2]) == [], "the embedded redis-server was left running"
+
+
+def test_detach_on_a_file_run_prints_the_run_and_returns_while_the_run_goes_on(
+        two_workers: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    path = long_file(tmp_path, f"until [ -e {shlex.quote(str(gate))} ]; do sleep 0.1; done")
+    try:
+        out = cli("run", "--detach", str(path), env={"NEPI_DIST_REDIS_URL": two_workers})
+        assert out.returncode == 0, out.stderr
+        ids = json.loads(out.stdout.strip().splitlines()[-1])
+        assert ids["exp_id"] == "cockpit-file-long" and ids["redis_url"] == two_workers
+        ec = ExperimentController(ids["exp_id"], ids["run_id"], redis_url=two_workers)
+        try:
+            ec.wait_started([2, 3], timeout=60)  # deployed and started by the workers, after the command ended
+            assert [ec.state(g) for g in (2, 3)] == [ResourceState.STARTED] * 2
+            gate.touch()
+            ec.wait_finished([2, 3], timeout=60)
+            assert [ec.state(g) for g in (2, 3)] == [ResourceState.FINISHED] * 2
+        finally:
+            ec.shutdown()
+    finally:
+        gate.touch()
 
 
 def test_a_relaunched_sweep_skips_the_points_already_done(redis_server: EmbeddedRedis,

@@ -122,17 +122,23 @@ def logs(
     guid: Annotated[int | None, typer.Argument(help="Only this RM's events (or, with TRACE, its trace).")] = None,
     trace: Annotated[str | None, typer.Argument(help="A trace of GUID to print (stdout, stderr, ...).")] = None,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new events as they happen, "
-                                         "until the run is released (Ctrl-C stops).")] = False,
+                                         "until the run is released; with TRACE, keep printing what the trace "
+                                         "gains (as tail -f), until its RM stops, finishes, fails or is "
+                                         "released (Ctrl-C stops).")] = False,
     redis_url: RedisUrl = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Print the run's event stream (every state change, on the Redis clock), or one RM's trace."""
+    """Print the run's event stream (every state change, on the Redis clock), or one RM's trace; -f follows
+    either (the trace as tail -f does, until its RM has ended)."""
     client = connect(redis_url)
     store = resolve_run(client, exp_id, run_id)
     if trace is not None:
         if guid is None:
             fail("a TRACE needs its GUID")
-        _print_trace(store, guid, trace, redis_url)
+        try:
+            _print_trace(store, guid, trace, redis_url, follow)
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         return
     rtypes: dict[int, str] = {}
 
@@ -169,8 +175,21 @@ def logs(
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _print_trace(store: Store, guid: int, trace: str, url: str | None) -> None:
-    """Print a trace, read the way the controller reads it (through the host's worker when needed)."""
+#: The states after which an RM's trace grows no more: ``logs TRACE -f`` reads it once more and ends.
+_TRACE_ENDED = ResourceState.STOPPED
+#: Milliseconds ``logs TRACE -f`` blocks on the run's event stream between two reads of the trace: no event
+#: says a host file grew, so this bounds how stale the output can be.
+_TRACE_POLL_MS = 1000
+
+
+def _print_trace(store: Store, guid: int, trace: str, url: str | None, follow: bool = False) -> None:
+    """Print a trace, read the way the controller reads it (through the host's worker when needed).
+
+    With ``follow``, as ``tail -f``: after each blocking read of the run's event stream (an event, or
+    :data:`_TRACE_POLL_MS`), the trace is read again and only the bytes beyond those printed are
+    printed; once the RM has stopped, finished, failed or been released, or the run is released,
+    it is read a last time and the command ends.
+    """
     from nepi_dist.engine.celery_app import create_app
     from nepi_dist.engine.context import RunContext
     from nepi_dist.engine.startup import load_resource_types, modules_from_env
@@ -180,15 +199,46 @@ def _print_trace(store: Store, guid: int, trace: str, url: str | None) -> None:
     load_resource_types(modules_from_env())
     app = create_app(url)
     try:
-        data = RunContext(store, app, ResourceFactory).trace(guid, trace)
-    except NepiError as exc:
-        fail(f"trace {trace} of guid {guid}: {exc}")
+        context = RunContext(store, app, ResourceFactory)
+        newest = store.client.xrevrange(store.keys.events, count=1)
+        last = str(newest[0][0]) if newest else "0-0"
+        printed = 0
+        while True:
+            ended = not follow or _trace_ended(store, guid)  # seen before the read: that read is the last
+            try:
+                data = context.trace(guid, trace)
+            except NepiError as exc:
+                fail(f"trace {trace} of guid {guid}: {exc}")
+            printed = _write_beyond(data, printed)
+            if ended:
+                return
+            for eid, _ in store.events(last, _TRACE_POLL_MS):
+                last = eid
     finally:
         app.close()
-    if isinstance(data, bytes):
-        sys.stdout.buffer.write(data)
-    elif data is not None:
-        sys.stdout.write(str(data))
+
+
+def _trace_ended(store: Store, guid: int) -> bool:
+    """True once the RM ``guid`` is past STARTED (its trace grows no more) or the run is released."""
+    (state,) = store.states([guid])
+    return not is_live(store.client, store) or (state is not None and state >= _TRACE_ENDED)
+
+
+def _write_beyond(data: Any, printed: int) -> int:
+    """Write the bytes of a trace's ``data`` beyond the first ``printed``; return how many it holds now.
+
+    A trace shorter than what was printed was rewritten: it is printed again from its start.
+    """
+    if data is None:
+        return printed
+    raw = data if isinstance(data, bytes) else str(data).encode()
+    if len(raw) < printed:
+        printed = 0
+    if len(raw) > printed:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(raw[printed:])
+        sys.stdout.buffer.flush()
+    return len(raw)
 
 
 def watch(exp_id: ExpArg, run_id: RunArg = None, redis_url: RedisUrl = None,
