@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import os
 import resource
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nepi_dist import ExperimentController, FailureLevel, ResourceAction, ResourceState, TraceAttr
+from nepi_dist.resources.linux.shell import HostSpec, shell_for
 
 from .conftest import SSHServer
 
@@ -290,3 +294,30 @@ def test_tcpdump_captures_loopback_packets_into_the_pcap_trace(ec: ExperimentCon
     magic = ec.trace(dump, "pcap", TraceAttr.STREAM, block=4, offset=0)
     assert magic in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"), "a binary trace comes back as pcap bytes"
     assert len(ec.trace(dump, "pcap", TraceAttr.ALL)) == size
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_a_host_whose_ssh_connection_the_server_dropped_is_reached_again_on_a_new_connection(
+        sshd: SSHServer, caplog: pytest.LogCaptureFixture) -> None:
+    # The server side of the connection dies (sshd restarted, a link cut and back): the next
+    # command opens no channel on it, so it is sent again, once, on a fresh connection.
+    spec = HostSpec(hostname="127.0.0.1", port=sshd.port, username=sshd.username, identity=sshd.identity,
+                    server_key=sshd.server_key, connect_timeout=10)
+    shell = shell_for(spec)
+    assert shell.run("echo one").stdout == "one\n"
+    sessions = _children(sshd.proc.pid)
+    assert sessions, "no sshd process serves the connection"
+    for pid in sessions:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(p in _children(sshd.proc.pid) for p in sessions):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with caplog.at_level(logging.WARNING, logger="nepi_dist.resources.linux.shell"):
+        assert shell.run("echo two").stdout == "two\n"
+    assert "connecting again" in caplog.text
+    assert shell.run("echo three").stdout == "three\n"

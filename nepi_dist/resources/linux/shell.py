@@ -127,11 +127,19 @@ class SSHShell:
     """Runs commands on a remote host over one reused SSH connection (paramiko)."""
 
     def __init__(self, spec: HostSpec) -> None:
-        import paramiko
 
         self.spec = spec
         # sshd allows 10 sessions per connection by default (MaxSessions): stay below it.
         self._slots = threading.BoundedSemaphore(MAX_CHANNELS)
+        self._hop: paramiko.SSHClient | None = None
+        self._connect_lock = threading.Lock()
+        self._client = self._connect()
+
+    def _connect(self) -> paramiko.SSHClient:
+        """Open the SSH connection (through the gateway when there is one); typed errors when it cannot."""
+        import paramiko
+
+        spec = self.spec
         try:
             sock = None
             if spec.gateway:
@@ -142,12 +150,10 @@ class SSHShell:
                     timeout=spec.connect_timeout, banner_timeout=spec.connect_timeout,
                     auth_timeout=spec.connect_timeout, allow_agent=False, look_for_keys=spec.identity is None,
                 )
-                self._hop: paramiko.SSHClient | None = hop
+                self._hop = hop
                 transport = hop.get_transport()
                 assert transport is not None
                 sock = transport.open_channel("direct-tcpip", (spec.hostname, spec.port), ("127.0.0.1", 0))
-            else:
-                self._hop = None
             client = paramiko.SSHClient()
             self._trust(client, spec.hostname, spec.port, spec.server_key)
             client.connect(
@@ -175,7 +181,7 @@ class SSHShell:
             raise HostUnreachableError(
                 f"ssh {spec.username or ''}@{spec.hostname}:{spec.port}: {type(exc).__name__}: {exc}"
             ) from None
-        self._client = client
+        return client
 
     def _trust(self, client: paramiko.SSHClient, hostname: str, port: int, server_key: str | None) -> None:
         """Make ``client`` accept only the host's known key: ``server_key``, else known_hosts.
@@ -212,12 +218,40 @@ class SSHShell:
 
     def _raw(self, command: str, stdin: bytes | None = None, timeout: float | None = None) -> tuple[bytes, bytes, int]:
         with self._slots:
-            chan_in, chan_out, chan_err = self._client.exec_command(f"bash -c {shlex.quote(command)}", timeout=timeout)
+            chan = self._open_channel()
+            chan.settimeout(timeout)
+            chan.exec_command(f"bash -c {shlex.quote(command)}")
             if stdin is not None:
-                chan_in.write(stdin)
-            chan_in.channel.shutdown_write()
-            out, err = chan_out.read(), chan_err.read()
-            return out, err, chan_out.channel.recv_exit_status()
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = chan.makefile("rb").read(), chan.makefile_stderr("rb").read()
+            return out, err, chan.recv_exit_status()
+
+    def _open_channel(self) -> paramiko.Channel:
+        """A new session channel; on a connection that died (the server closed it, a link cut) once more
+        on a new connection.  Safe to repeat: no command was sent on a channel that did not open."""
+        import paramiko
+
+        client = self._client
+        try:
+            return self._session(client)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            with self._connect_lock:
+                if self._client is client:  # the first thread to see it reconnects; the others reuse that
+                    log.warning("ssh %s:%s: the connection failed (%s: %s); connecting again",
+                                self.spec.hostname, self.spec.port, type(exc).__name__, exc)
+                    client.close()
+                    if self._hop is not None:
+                        self._hop.close()
+                    self._client = self._connect()
+            return self._session(self._client)
+
+    @staticmethod
+    def _session(client: paramiko.SSHClient) -> paramiko.Channel:
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            raise EOFError("the SSH connection is closed")
+        return transport.open_session()
 
     def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
         q = shlex.quote(path)
