@@ -194,6 +194,9 @@ def test_a_collector_gathers_every_applications_stdout(
         assert (run_dir / f"application-{a}.stdout").read_text() == f"app {i}\n"
 
 
+# Serial: under the parallel phase's load the test sshd dropped this connection twice in three runs
+# ("Channel closed", EOFError; cause not found yet, see the stop note of 2026-12-02).
+@pytest.mark.serial
 def test_fifty_pings_on_one_node_all_finish(ec: ExperimentController, node: int) -> None:
     pings = []
     for _ in range(50):

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -390,6 +391,19 @@ def test_real_udptest_server_listens_from_deploy_and_a_client_measures_udp(ec: E
     assert report["start"]["test_start"]["blksize"] == 1000
     assert report["start"]["target_bitrate"] == 2_000_000
     assert ec.get_resource(server).start_time <= ec.get_resource(client).start_time
+
+
+def test_a_udptest_server_is_ready_only_once_it_listens_on_its_port(ec: ExperimentController) -> None:
+    from nepi_dist.engine.embedded import free_port
+
+    port = free_port()
+    server = on_localhost(ec, "LinuxUdpTest", s=True, p=port, oneOff=True)
+    ec.deploy()
+    ec.wait(server, ResourceState.READY, timeout=60)
+    # At once, no retry: a client that READY lets start finds the server listening.
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    ec.wait_finished(server, timeout=60)  # its one client came (our probe) and went
 
 
 def test_stdin_naming_a_local_file_feeds_that_files_content(ec: ExperimentController, tmp_path: Path) -> None:

@@ -171,6 +171,7 @@ class LinuxApplication(ResourceManager):
             # Launched before READY, so it already runs when the others of its group start.
             pid = self._launch()
             self._put(early_pid=pid)  # before READY: a start that passes its gate sees it (do_start)
+            self._await_launched(pid)
             self.set_ready()
             self._watch(pid)
             return
@@ -180,6 +181,10 @@ class LinuxApplication(ResourceManager):
         """True when the command is launched at deploy, not at start (NEPI's udptest server,
         ping's ``earlyStart``): it becomes STARTED as soon as it is READY."""
         return False
+
+    def _await_launched(self, pid: int) -> None:
+        """Wait, after a launch at deploy, until the process ``pid`` is of use to the others (a server
+        listening); READY follows.  Here: at once."""
 
     def do_provision(self) -> None:
         node = self.node

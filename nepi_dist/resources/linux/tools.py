@@ -288,6 +288,10 @@ class LinuxTcpdump(LinuxTool):
 
 
 #: NEPI's udptest TOS classes (``q``) as the TOS byte iperf3's ``-S`` takes.
+#: iperf3's port when ``p`` is not set; how long a server's deploy waits for it to listen (s).
+IPERF3_PORT = 5201
+LISTEN_WAIT = 10.0
+
 _TOS = {"1": "0x10", "2": "0x08", "3": "0x28", "4": "0x38", "5": "0x88", "6": "0x98"}
 
 _NO_IPERF3 = "NEPI's udptest came from hpcbench; nepi_dist runs iperf3, which has no {what}"
@@ -372,3 +376,15 @@ class LinuxUdpTest(LinuxTool):
 
     def _starts_at_deploy(self) -> bool:
         return bool(self.get("s"))
+
+    def _await_launched(self, pid: int) -> None:
+        """A server is READY once it listens on its port: a client its READY lets start must find it
+        (iperf3 binds a moment after its launch, longer on a loaded host).  Waited on the host, in one
+        command, up to :data:`LISTEN_WAIT` s; a server that ended, or a host without ``ss``, waits no more."""
+        port = int(self.get("p") or IPERF3_PORT)
+        self.node.execute(
+            "command -v ss >/dev/null || exit 0; "
+            f"for _ in $(seq {int(LISTEN_WAIT * 10)}); do "
+            f"ss -Hltn 'sport = :{port}' | grep -q . && exit 0; "
+            f"kill -0 {int(pid)} 2>/dev/null || exit 0; sleep 0.1; done"
+        )
